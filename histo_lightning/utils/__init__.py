@@ -1,0 +1,1 @@
+"""Glue between Hydra, Lightning and the file system."""
