@@ -1,0 +1,5 @@
+"""Lightning callbacks of histo-lightning (Lightning's own ones are configured directly)."""
+
+from histo_lightning.callbacks.test_report import TestReport
+
+__all__ = ["TestReport"]

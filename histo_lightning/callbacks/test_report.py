@@ -1,0 +1,167 @@
+"""Writes what a researcher looks at after testing: predictions, per-patient scores, ROC, confusion matrix.
+
+Per-sample probabilities are gathered from every process (each rank tested a disjoint share of the test
+set), so the files are complete under DDP. Files in the run directory:
+
+* ``predictions.csv``: one row per test image (path, patient, group, label, predicted class, probabilities)
+* ``patient_scores.csv`` / ``.md``: per patient N^p, N^rec and PS (SMSE Table VIII)
+* ``confusion_matrix.csv`` and ``plots/confusion_matrix.png``, ``plots/roc.png`` (also sent to W&B/TensorBoard)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytorch_lightning as pl
+import torch
+import torch.distributed as dist
+from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
+from sklearn.metrics import confusion_matrix
+
+from histo_lightning.reporting.plots import confusion_figure, roc_figure, save_figure
+from histo_lightning.utils.io import atomic_path, write_text_atomic
+from histo_lightning.utils.logging import get_logger
+
+log = get_logger(__name__)
+
+
+def _gather(obj: Any) -> list[Any]:
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def log_image(trainer: pl.Trainer, key: str, path: Path) -> None:
+    """Send a saved PNG to the image-capable loggers (W&B, TensorBoard)."""
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            logger.log_image(key=key, images=[str(path)], step=trainer.global_step)
+        elif isinstance(logger, TensorBoardLogger):
+            import matplotlib.image as mpimg
+
+            pixels = mpimg.imread(path)[..., :3]
+            logger.experiment.add_image(
+                key, pixels, global_step=trainer.global_step, dataformats="HWC"
+            )
+
+
+class TestReport(pl.Callback):
+    """Collects test predictions and writes the per-run report files into ``output_dir``."""
+
+    def __init__(self, output_dir: str) -> None:
+        self.output_dir = Path(output_dir)
+        self._index: list[torch.Tensor] = []
+        self._probs: list[torch.Tensor] = []
+
+    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._index, self._probs = [], []
+
+    def on_test_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if isinstance(outputs, dict) and "probs" in outputs:
+            self._index.append(outputs["index"].detach().cpu())
+            self._probs.append(outputs["probs"].detach().float().cpu())
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        local = (
+            (torch.cat(self._index).numpy(), torch.cat(self._probs).numpy())
+            if self._index
+            else (np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32))
+        )
+        parts = [p for p in _gather(local) if len(p[0])]
+        if not trainer.is_global_zero or not parts:
+            return
+        index = np.concatenate([p[0] for p in parts])
+        probs = np.concatenate([p[1] for p in parts])
+        datamodule = trainer.datamodule
+        self.write(
+            datamodule.table, index, probs, datamodule.class_names, trainer, datamodule.is_synthetic
+        )
+
+    def write(
+        self,
+        table: pd.DataFrame,
+        index: np.ndarray,
+        probs: np.ndarray,
+        class_names: list[str],
+        trainer: pl.Trainer | None = None,
+        synthetic: bool = False,
+    ) -> None:
+        order = np.argsort(index, kind="stable")
+        index, probs = index[order], probs[order]
+        rows = table.iloc[index]
+        predictions = pd.DataFrame(
+            {
+                "path": rows["path"].to_numpy(),
+                "patient": rows["patient"].astype(str).to_numpy(),
+                "group": rows["group"].to_numpy(),
+                "label": rows["label"].to_numpy(),
+                "pred": probs.argmax(axis=1),
+            }
+        )
+        for c, name in enumerate(class_names):
+            predictions[f"prob_{name}"] = probs[:, c]
+        predictions["correct"] = predictions["label"] == predictions["pred"]
+        out = self.output_dir
+        with atomic_path(out / "predictions.csv") as tmp:
+            predictions.to_csv(tmp, index=False)
+
+        scores = patient_score_table(predictions, class_names)
+        with atomic_path(out / "patient_scores.csv") as tmp:
+            scores.to_csv(tmp, index=False)
+        note = (
+            "\n\n_Synthetic data: these numbers say nothing about real performance._\n"
+            if synthetic
+            else "\n"
+        )
+        write_text_atomic(
+            out / "patient_scores.md", scores.to_markdown(index=False, floatfmt=".3f") + note
+        )
+
+        labels = list(range(len(class_names)))
+        matrix = confusion_matrix(predictions["label"], predictions["pred"], labels=labels)
+        pd.DataFrame(
+            matrix,
+            index=[f"true_{c}" for c in class_names],
+            columns=[f"pred_{c}" for c in class_names],
+        ).to_csv(out / "confusion_matrix.csv")
+        suffix = " (synthetic data)" if synthetic else ""
+        figures = {
+            "confusion_matrix": confusion_figure(
+                matrix, class_names, title=f"Confusion matrix{suffix}"
+            ),
+            "roc": roc_figure(
+                predictions["label"].to_numpy(), probs, class_names, title=f"ROC{suffix}"
+            ),
+        }
+        for name, fig in figures.items():
+            path = save_figure(fig, out / "plots" / f"{name}.png")
+            if trainer is not None:
+                log_image(trainer, f"test/{name}", path)
+        log.info(f"Test report written to {out} (predictions.csv, patient_scores.csv, plots/)")
+
+
+def patient_score_table(predictions: pd.DataFrame, class_names: list[str]) -> pd.DataFrame:
+    """Per patient: class, N^p (images), N^rec (correct) and PS = N^rec / N^p (SMSE Table VIII)."""
+    grouped = predictions.groupby("patient")
+    table = pd.DataFrame(
+        {
+            "class": grouped["label"].agg(lambda s: class_names[int(s.mode().iloc[0])]),
+            "n_images": grouped.size(),
+            "n_correct": grouped["correct"].sum().astype(int),
+        }
+    )
+    table["score"] = table["n_correct"] / table["n_images"]
+    return table.reset_index()

@@ -1,0 +1,6 @@
+"""Plain ``nn.Module`` networks, free of Lightning."""
+
+from histo_lightning.nets.pnn import EmbeddingClassifier, PlainEmbeddingNet, pnn1, pnn2
+from histo_lightning.nets.timm_classifier import TimmClassifier
+
+__all__ = ["EmbeddingClassifier", "PlainEmbeddingNet", "TimmClassifier", "pnn1", "pnn2"]

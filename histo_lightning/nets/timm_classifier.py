@@ -1,0 +1,84 @@
+"""Any timm backbone as an image classifier, pretrained from timm or from a local weights file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import timm
+import torch
+from torch import Tensor, nn
+
+from histo_lightning.errors import ConfigError
+
+
+class TimmClassifier(nn.Module):
+    """A timm backbone with global pooling, an optional embedding layer and a linear classifier.
+
+    Args:
+        backbone: any ``timm.list_models()`` name, e.g. ``resnet18``, ``inception_v3``, ``efficientnet_b0``.
+        num_classes: output classes.
+        pretrained: load timm's pretrained weights (needs them in the local HF/timm cache or network).
+        weights_path: a local ``.pth``/``.safetensors`` state dict for the backbone instead (no network);
+            its classifier keys are ignored.
+        embedding_dim: if set, a linear embedding of this size (then PReLU) sits between the pooled features
+            and the classifier; :meth:`embed` returns it (used by the similarity losses of SMSE).
+        drop_rate: dropout before the classifier (timm's ``drop_rate``).
+    """
+
+    def __init__(
+        self,
+        backbone: str,
+        num_classes: int,
+        pretrained: bool = False,
+        weights_path: str | None = None,
+        embedding_dim: int | None = None,
+        drop_rate: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if backbone not in timm.list_models(pretrained=False) and not timm.is_model(backbone):
+            raise ConfigError(
+                f"model.net.backbone={backbone!r} is not a timm model (see timm.list_models())"
+            )
+        self.backbone = timm.create_model(
+            backbone,
+            pretrained=pretrained and weights_path is None,
+            num_classes=0,
+            drop_rate=drop_rate,
+        )
+        if weights_path is not None:
+            self._load_local_weights(Path(weights_path))
+        features = self.backbone.num_features
+        if embedding_dim:
+            self.embedding = nn.Sequential(nn.Linear(features, embedding_dim), nn.PReLU())
+            features = embedding_dim
+        else:
+            self.embedding = nn.Identity()
+        self.classifier = nn.Linear(features, num_classes)
+
+    def _load_local_weights(self, path: Path) -> None:
+        if not path.is_file():
+            raise ConfigError(
+                f"model.net.weights_path={str(path)!r} does not exist (expected a backbone state dict)"
+            )
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = state.get("state_dict", state) if isinstance(state, dict) else state
+        backbone_keys = set(self.backbone.state_dict())
+        filtered = {k: v for k, v in state.items() if k in backbone_keys}
+        missing = backbone_keys - set(filtered)
+        if not filtered or len(missing) > 0.5 * len(backbone_keys):
+            raise ConfigError(
+                f"model.net.weights_path={str(path)!r}: only {len(filtered)} of {len(backbone_keys)} backbone "
+                f"tensors found; is it a state dict of the same architecture?"
+            )
+        self.backbone.load_state_dict(filtered, strict=False)
+
+    def embed(self, x: Tensor) -> Tensor:
+        return self.embedding(self.backbone(x))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.embed(x))

@@ -1,0 +1,229 @@
+"""Cross-validation summary of a finished (or running) sweep, laid out like the papers' tables.
+
+``python -m histo_lightning.reporting.cv_summary <sweep dir>`` (or ``histo-cv-summary``) reads every job
+folder of a Hydra multirun (``<n>_fold<k>/`` with ``.hydra/`` and ``metrics.json``) and writes
+``cv_summary.json`` and ``cv_summary.md`` into the sweep folder. Jobs are grouped by their overrides other
+than ``fold`` (a margin sweep over five folds gives one group per margin, like SMSE Table III); each group
+gets one row per fold and mean ± standard deviation per test metric. The standard deviation is the
+population one (ddof=0) by default, which reproduces the papers' tables (e.g. SMSE Table VI's RR
+88.40 ± 4.17 from its five folds); ``--ddof 1`` gives the sample one. Folds without ``metrics.json``
+(failed or still running) are listed, not averaged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from histo_lightning.utils.io import write_json_atomic, write_text_atomic
+
+_PREFERRED = ("rr", "acc", "f1", "precision", "recall", "auroc", "tp", "fp", "fn")
+_ACRONYMS = {
+    "rr": "RR",
+    "acc": "ACC",
+    "auroc": "AUROC",
+    "f1": "F1",
+    "tp": "TP",
+    "fp": "FP",
+    "fn": "FN",
+}
+
+
+def _read_job(job_dir: Path) -> dict[str, Any] | None:
+    overrides_file = job_dir / ".hydra" / "overrides.yaml"
+    if not overrides_file.is_file():
+        return None
+    overrides = yaml.safe_load(overrides_file.read_text()) or []
+    config = yaml.safe_load((job_dir / ".hydra" / "config.yaml").read_text()) or {}
+    metrics_file = job_dir / "metrics.json"
+    info_file = job_dir / "run_info.json"
+    return {
+        "dir": job_dir.name,
+        "fold": config.get("fold"),
+        "overrides": dict(
+            o.split("=", 1) for o in overrides if "=" in o and not o.startswith("fold=")
+        ),
+        "metrics": json.loads(metrics_file.read_text()) if metrics_file.is_file() else None,
+        "synthetic": json.loads(info_file.read_text()).get("synthetic_data")
+        if info_file.is_file()
+        else None,
+    }
+
+
+def metric_order(names: list[str]) -> list[str]:
+    """The papers' column order: RR, ACC, F1…, precision, recall, AUROC, TP/FP/FN, per-group RR, rest, loss."""
+
+    def key(name: str) -> tuple[int, int, str]:
+        short = name.split("/", 1)[-1]
+        head, _, rest = short.partition("_")
+        if head == "rr" and rest:  # per-group RR (rr_40x, rr_100x, ...) after the overall metrics
+            digits = "".join(c for c in rest if c.isdigit())
+            return (len(_PREFERRED), int(digits) if digits else 0, short)
+        if head == "loss":
+            return (len(_PREFERRED) + 2, 0, short)
+        rank = _PREFERRED.index(head) if head in _PREFERRED else len(_PREFERRED) + 1
+        return (rank, 0, short)
+
+    return sorted(names, key=key)
+
+
+def display_name(metric: str) -> str:
+    """``test/f1_benign`` → ``F1 benign``; ``test/rr_40x`` → ``RR 40×``."""
+    short = metric.split("/", 1)[-1]
+    head, _, rest = short.partition("_")
+    head = _ACRONYMS.get(head, head)
+    rest = (
+        rest.replace("x", "×")
+        if rest[:-1].isdigit() and rest.endswith("x")
+        else rest.replace("_", " ")
+    )
+    return f"{head} {rest}".strip()
+
+
+def summarize(sweep_dir: str | Path, ddof: int = 0) -> dict[str, Any]:
+    """The summary of every job under ``sweep_dir`` (see module docstring)."""
+    sweep_dir = Path(sweep_dir)
+    jobs = [
+        j for d in sorted(sweep_dir.iterdir()) if d.is_dir() and (j := _read_job(d)) is not None
+    ]
+    keys = {k for j in jobs for k in j["overrides"]}
+    common = {
+        k: v
+        for k in sorted(keys)
+        if len({j["overrides"].get(k) for j in jobs}) == 1
+        for v in [jobs[0]["overrides"].get(k)]
+    }
+    groups: dict[tuple[tuple[str, str], ...], list[dict]] = defaultdict(list)
+    for job in jobs:
+        groups[tuple((k, v) for k, v in job["overrides"].items() if k not in common)].append(job)
+    names = metric_order(sorted({m for j in jobs if j["metrics"] for m in j["metrics"]}))
+    synthetic = {j["synthetic"] for j in jobs if j["synthetic"] is not None}
+    out_groups = []
+    for group, members in groups.items():
+        done = sorted(
+            (j for j in members if j["metrics"]), key=lambda j: (j["fold"] is None, j["fold"])
+        )
+        values = {m: [j["metrics"][m] for j in done if m in j["metrics"]] for m in names}
+        out_groups.append(
+            {
+                "overrides": dict(group),
+                "folds": [
+                    {"fold": j["fold"], "dir": j["dir"], "metrics": j["metrics"]} for j in done
+                ],
+                "missing": [
+                    {"fold": j["fold"], "dir": j["dir"]} for j in members if not j["metrics"]
+                ],
+                "n": len(done),
+                "mean": {m: float(np.mean(v)) for m, v in values.items() if v},
+                "std": {
+                    m: float(np.std(v, ddof=ddof)) if len(v) > ddof else math.nan
+                    for m, v in values.items()
+                    if v
+                },
+            }
+        )
+    summary: dict[str, Any] = {
+        "sweep_dir": str(sweep_dir),
+        "synthetic_data": synthetic.pop()
+        if len(synthetic) == 1
+        else ("mixed" if synthetic else None),
+        "common_overrides": common,
+        "std_kind": f"{'population' if ddof == 0 else 'sample'} standard deviation (ddof={ddof})",
+        "metrics": names,
+        "groups": out_groups,
+    }
+    if len(out_groups) == 1:  # the common case: a plain k-fold run, its numbers at the top level
+        summary.update({k: out_groups[0][k] for k in ("folds", "mean", "std", "n", "missing")})
+    return summary
+
+
+def _fmt(value: float, digits: int) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.{digits}f}"
+
+
+def _mean_std(group: dict, metric: str, digits: int) -> str:
+    if metric not in group["mean"]:
+        return "–"
+    return f"{_fmt(group['mean'][metric], digits)} ± {_fmt(group['std'][metric], digits)}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def to_markdown(summary: dict[str, Any], digits: int = 3) -> str:
+    """One overview row per group (mean ± s.d.), then a per-fold table for each group."""
+    names = summary["metrics"]
+    columns = [display_name(m) for m in names]
+    label = lambda g: ", ".join(f"{k}={v}" for k, v in g["overrides"].items()) or "all folds"  # noqa: E731
+    common = " ".join(f"{k}={v}" for k, v in summary["common_overrides"].items())
+    parts = [
+        f"# Cross-validation summary\n\n`{summary['sweep_dir']}`\n\nShared overrides: `{common or '(none)'}`"
+    ]
+    if summary["synthetic_data"]:
+        parts.append(
+            "**Synthetic data** generated by histo-lightning: these numbers test the pipeline, not the method."
+        )
+    overview = [
+        [label(g), str(g["n"]), *(_mean_std(g, m, digits) for m in names)]
+        for g in summary["groups"]
+    ]
+    parts.append(_table(["Setting", "Folds", *columns], overview))
+    for group in summary["groups"]:
+        rows = [
+            [str(f["fold"]), *(_fmt(f["metrics"].get(m), digits) for m in names)]
+            for f in group["folds"]
+        ]
+        rows.append(["**Mean ± s.d.**", *(_mean_std(group, m, digits) for m in names)])
+        parts.append(f"## {label(group)}\n\n" + _table(["Fold", *columns], rows))
+        if group["missing"]:
+            missing = ", ".join(f"fold {m['fold']} ({m['dir']})" for m in group["missing"])
+            parts.append(f"Not included (no metrics.json: failed or still running): {missing}")
+    parts.append(f"± is the {summary['std_kind']} over folds.")
+    return "\n\n".join(parts) + "\n"
+
+
+def write_summary(sweep_dir: str | Path, ddof: int = 0) -> tuple[Path, Path] | None:
+    """Write ``cv_summary.json`` and ``cv_summary.md`` into ``sweep_dir``; None if it holds no job yet."""
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        return None
+    summary = summarize(sweep_dir, ddof)
+    if not summary["groups"]:
+        return None
+    json_path = write_json_atomic(sweep_dir / "cv_summary.json", summary)
+    md_path = write_text_atomic(sweep_dir / "cv_summary.md", to_markdown(summary))
+    return json_path, md_path
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "sweep_dir", type=Path, help="a multirun folder (logs/<task>/multiruns/<time>)"
+    )
+    parser.add_argument(
+        "--ddof", type=int, default=0, help="0: population s.d. as in the papers; 1: sample s.d."
+    )
+    args = parser.parse_args(argv)
+    if not args.sweep_dir.is_dir():
+        parser.exit(2, f"error: {args.sweep_dir} is not a directory\n")
+    written = write_summary(args.sweep_dir, args.ddof)
+    if written is None:
+        parser.exit(2, f"error: {args.sweep_dir} holds no Hydra job folders (<n>_fold<k>/.hydra)\n")
+    print(written[1].read_text())
+    print(f"wrote {written[0]} and {written[1]}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""Hydra callbacks: keep ``cv_summary.{json,md}`` of a sweep up to date.
+
+The summary is rewritten after every job (so a crashed or interrupted sweep still has one) and once more
+when the sweep ends, when it is also printed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from hydra.core.utils import JobReturn
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from histo_lightning.reporting.cv_summary import write_summary
+
+log = logging.getLogger(__name__)
+
+
+def _is_rank_zero() -> bool:
+    return (
+        int(os.environ.get("SLURM_PROCID", os.environ.get("RANK", "0"))) == 0
+        and int(os.environ.get("LOCAL_RANK", "0")) == 0
+    )
+
+
+class CVSummaryCallback(Callback):
+    """Write the cross-validation summary into the sweep directory."""
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        if config.hydra.mode != RunMode.MULTIRUN or not _is_rank_zero():
+            return
+        try:
+            write_summary(config.hydra.sweep.dir)
+        except Exception as err:  # a summary must never fail the job it summarises
+            log.warning(f"could not update the CV summary: {err}")
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        written = write_summary(config.hydra.sweep.dir)
+        if written is not None:
+            log.info(f"Cross-validation summary: {written[1]}\n{written[1].read_text()}")

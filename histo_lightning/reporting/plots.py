@@ -1,0 +1,67 @@
+"""Figures people would rather look at than read: ROC curves and confusion matrices."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
+from sklearn.metrics import auc, roc_curve
+
+from histo_lightning.utils.io import atomic_path
+
+
+def roc_figure(
+    targets: np.ndarray, probs: np.ndarray, class_names: Sequence[str], title: str = "ROC"
+) -> Figure:
+    """ROC curve(s): the positive class for two classes, one-vs-rest per class otherwise."""
+    fig, ax = plt.subplots(figsize=(5, 5))
+    classes = [1] if probs.shape[1] == 2 else list(range(probs.shape[1]))
+    for c in classes:
+        positives = targets == c
+        if positives.all() or not positives.any():
+            continue
+        fpr, tpr, _ = roc_curve(positives.astype(int), probs[:, c])
+        ax.plot(fpr, tpr, lw=2, label=f"{class_names[c]} (AUC {auc(fpr, tpr):.3f})")
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
+    ax.set(
+        xlabel="False positive rate",
+        ylabel="True positive rate",
+        title=title,
+        xlim=(0, 1),
+        ylim=(0, 1.01),
+    )
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def confusion_figure(
+    matrix: np.ndarray, class_names: Sequence[str], title: str = "Confusion matrix"
+) -> Figure:
+    """Counts with row-normalised colour: rows are true classes, columns predicted."""
+    fig, ax = plt.subplots(figsize=(1.2 * len(class_names) + 2.5, 1.2 * len(class_names) + 2))
+    rows = matrix.sum(axis=1, keepdims=True)
+    normalised = np.divide(matrix, rows, out=np.zeros_like(matrix, dtype=float), where=rows > 0)
+    ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
+    for (i, j), count in np.ndenumerate(matrix):
+        colour = "white" if normalised[i, j] > 0.5 else "black"
+        ax.text(j, i, f"{count}\n{normalised[i, j]:.0%}", ha="center", va="center", color=colour)
+    ticks = range(len(class_names))
+    ax.set(xticks=ticks, yticks=ticks, xticklabels=class_names, yticklabels=class_names)
+    ax.set(xlabel="Predicted", ylabel="True", title=title)
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
+    """Save ``fig`` as PNG atomically and close it."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    plt.close(fig)
+    return Path(path)
