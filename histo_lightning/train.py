@@ -1,0 +1,206 @@
+"""The training task: what ``python run.py experiment=... fold=K`` does for one job.
+
+Seed everything; build data module, model (net, loss, optimiser, metrics injected from config),
+callbacks, loggers and trainer; fit (resuming from ``last.ckpt`` when the run directory holds one); test
+with the best checkpoint; write ``metrics.json`` and ``run_info.json``; return the logged metrics so that
+``run.py`` can hand ``optimized_metric`` to a sweeper.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers import WandbLogger
+
+from histo_lightning.errors import ConfigError, HistoError
+from histo_lightning.utils.hydra_ddp import prepare_ddp_subprocess_launch
+from histo_lightning.utils.instantiate import instantiate_callbacks, instantiate_loggers
+from histo_lightning.utils.io import write_json_atomic, write_text_atomic
+from histo_lightning.utils.logging import get_logger
+
+log = get_logger(__name__)
+
+
+def resume_checkpoint(cfg: DictConfig, output_dir: Path) -> str | None:
+    """The checkpoint ``fit`` starts from: ``ckpt_path`` if given, else ``last.ckpt`` when ``resume=true``."""
+    if cfg.get("ckpt_path"):
+        path = Path(cfg.ckpt_path)
+        if not path.is_file():
+            raise ConfigError(
+                f"ckpt_path={cfg.ckpt_path} does not exist (expected a Lightning .ckpt file)"
+            )
+        return str(path)
+    last = output_dir / "checkpoints" / "last.ckpt"
+    if cfg.get("resume", True) and last.is_file():
+        log.info(f"Resuming from {last}")
+        return str(last)
+    return None
+
+
+def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
+    return {
+        k: float(v) for k, v in metrics.items() if not isinstance(v, torch.Tensor) or v.numel() == 1
+    }
+
+
+def _git_commit() -> str | None:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).parent,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def log_hyperparameters(
+    cfg: DictConfig, model: pl.LightningModule, trainer: pl.Trainer, data: dict
+) -> None:
+    """Send the resolved config, parameter counts and data description to every logger."""
+    if not trainer.loggers:
+        return
+    hparams = OmegaConf.to_container(cfg, resolve=True)
+    hparams["model/params/total"] = sum(p.numel() for p in model.parameters())
+    hparams["model/params/trainable"] = sum(
+        p.numel() for p in model.parameters() if p.requires_grad
+    )
+    hparams["data/description"] = data
+    for logger in trainer.loggers:
+        logger.log_hyperparams(hparams)
+        if data.get("synthetic") and isinstance(logger, WandbLogger) and trainer.is_global_zero:
+            logger.experiment.tags = (*logger.experiment.tags, "synthetic-data")
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Run one job (one fold) and return every scalar metric it logged."""
+    started = time.time()
+    output_dir = Path(cfg.paths.output_dir)
+    if cfg.get("seed") is not None:
+        pl.seed_everything(cfg.seed, workers=True)
+    if not cfg.get("train") and not cfg.get("ckpt_path") and cfg.get("test"):
+        raise ConfigError("train=false needs ckpt_path=<checkpoint to evaluate>")
+
+    log.info(f"Data: {cfg.dataset._target_}")
+    datamodule = hydra.utils.instantiate(cfg.dataset)
+    # read the dataset, check the fold, write the split and build the cache now, before any process starts
+    datamodule.prepare_data()
+    log.info(f"Model: {cfg.model._target_} with net {cfg.model.net._target_}")
+    model = hydra.utils.instantiate(cfg.model)
+    callbacks = instantiate_callbacks(cfg.get("callbacks"))
+    loggers = instantiate_loggers(cfg.get("logger"))
+    prepare_ddp_subprocess_launch()
+    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    log_hyperparameters(
+        cfg, model, trainer, {"dataset": datamodule.name, "synthetic": datamodule.is_synthetic}
+    )
+
+    metrics: dict[str, float] = {}
+    resumed_from = None
+    if cfg.get("train"):
+        resumed_from = resume_checkpoint(cfg, output_dir)
+        trainer.fit(model=model, datamodule=datamodule, ckpt_path=resumed_from, weights_only=False)
+        metrics.update(_scalars(trainer.callback_metrics))
+
+    best = None
+    if cfg.get("test"):
+        if cfg.get("train"):
+            checkpoint = trainer.checkpoint_callback
+            best = getattr(checkpoint, "best_model_path", "") or None
+            if best is None:
+                log.warning(
+                    "No best checkpoint (no validation or checkpointing); testing the current weights"
+                )
+        else:
+            best = cfg.ckpt_path
+        trainer.test(model=model, datamodule=datamodule, ckpt_path=best, weights_only=False)
+        metrics.update(_scalars(trainer.callback_metrics))
+
+    if trainer.is_global_zero:
+        test_metrics = {k: v for k, v in metrics.items() if k.startswith("test/")}
+        if test_metrics:
+            write_json_atomic(output_dir / "metrics.json", test_metrics)
+        write_json_atomic(
+            output_dir / "run_info.json",
+            {
+                "task_name": cfg.get("task_name"),
+                "fold": cfg.get("fold"),
+                "seed": cfg.get("seed"),
+                "data": datamodule.describe(),
+                "synthetic_data": datamodule.is_synthetic,
+                "resumed_from": resumed_from,
+                "tested_checkpoint": best,
+                "epochs_completed": trainer.current_epoch,
+                "global_step": trainer.global_step,
+                "duration_s": round(time.time() - started, 1),
+                "git_commit": _git_commit(),
+                "host": platform.node(),
+                "versions": {
+                    "torch": torch.__version__,
+                    "pytorch_lightning": pl.__version__,
+                    "python": platform.python_version(),
+                },
+            },
+        )
+        if datamodule.skipped:
+            listing = "\n".join(f"{b.path}\t{b.reason}" for b in datamodule.skipped)
+            write_text_atomic(output_dir / "skipped_images.txt", listing + "\n")
+            log.warning(
+                f"Skipped {len(datamodule.skipped)} unreadable image(s) (dataset.on_corrupt=skip):\n{listing}"
+            )
+        if datamodule.is_synthetic:
+            log.warning(
+                "These results are on SYNTHETIC data generated by histo-lightning, not on the real dataset."
+            )
+    return metrics
+
+
+def _remove_unstarted_run_dir(output_dir: Path) -> None:
+    """Delete a run directory that holds nothing but Hydra's config and logs (the run never started)."""
+    if not output_dir.is_dir() or HydraConfig.get().mode != RunMode.RUN:
+        return
+    leftovers = [p for p in output_dir.iterdir() if p.name != ".hydra" and p.suffix != ".log"]
+    if not leftovers:
+        shutil.rmtree(output_dir, ignore_errors=True)
+
+
+def run(cfg: DictConfig) -> float | None:
+    """``run.py``'s task: :func:`train`, one-line errors, loggers closed, the optimised metric returned."""
+    try:
+        metrics = train(cfg)
+    except HistoError as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+            _remove_unstarted_run_dir(Path(cfg.paths.output_dir))
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+    finally:
+        if "wandb" in sys.modules:
+            import wandb
+
+            if wandb.run is not None:
+                wandb.finish()
+    name = cfg.get("optimized_metric")
+    if not name or not cfg.get("train"):
+        return None
+    if name not in metrics:
+        raise ConfigError(
+            f"optimized_metric={name} was never logged; logged metrics: {sorted(metrics)}"
+        )
+    return metrics[name]
