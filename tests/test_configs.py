@@ -1,0 +1,105 @@
+"""Every config option composes, and what it names can be instantiated (no data is read here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+
+from histo_lightning.utils.instantiate import instantiate_callbacks, instantiate_loggers
+from tests.conftest import CONF, SMOKE
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def _compose(overrides: list[str], hydra_cfg: bool = False):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="train", overrides=overrides, return_hydra_config=hydra_cfg)
+
+
+@pytest.mark.parametrize("experiment", _options("experiment"))
+def test_every_experiment_instantiates(experiment: str, make_cfg) -> None:
+    cfg = make_cfg([f"experiment={experiment}", "trainer=cpu"])
+    assert cfg.task_name != "train", "experiments name their runs"
+    datamodule = hydra.utils.instantiate(cfg.dataset)
+    model = hydra.utils.instantiate(cfg.model)
+    callbacks = instantiate_callbacks(cfg.callbacks)
+    loggers = instantiate_loggers(cfg.logger)
+    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    assert datamodule.fold == cfg.fold and trainer.max_epochs == cfg.trainer.max_epochs
+    assert cfg.callbacks.model_checkpoint.monitor == model.hparams.monitor
+
+
+@pytest.mark.parametrize("model", _options("model"))
+def test_every_model_runs_a_batch(model: str, make_cfg) -> None:
+    cfg = make_cfg([*SMOKE, f"model={model}"])
+    module = hydra.utils.instantiate(cfg.model)
+    logits = module(torch.zeros(2, 3, 460, 700))
+    assert logits.shape == (2, cfg.dataset.num_classes)
+    loss = module.loss(logits, torch.tensor([0, 1]))
+    loss.backward()
+    assert isinstance(module.configure_optimizers(), (torch.optim.Optimizer, dict))
+
+
+@pytest.mark.parametrize(
+    "group", ["trainer", "logger", "callbacks", "debug", "split", "dataset", "loss"]
+)
+def test_every_group_option_composes(group: str) -> None:
+    for option in _options(group):
+        cfg = _compose(["experiment=breakhis_baseline", f"{group}={option}"])
+        assert OmegaConf.to_container(cfg.trainer, resolve=False)
+
+
+@pytest.mark.parametrize("trainer", ["default", "cpu", "ddp_cpu"])
+def test_cpu_trainers_instantiate(trainer: str, make_cfg) -> None:
+    cfg = make_cfg([f"trainer={trainer}"])
+    built = hydra.utils.instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
+    assert built.num_devices == (2 if trainer == "ddp_cpu" else 1)
+
+
+def test_loggers_instantiate_offline(make_cfg) -> None:
+    cfg = make_cfg(["logger=many_loggers"])
+    loggers = instantiate_loggers(cfg.logger)
+    assert sorted(type(lg).__name__ for lg in loggers) == [
+        "CSVLogger",
+        "TensorBoardLogger",
+        "WandbLogger",
+    ]
+    wandb_logger = next(lg for lg in loggers if type(lg).__name__ == "WandbLogger")
+    assert wandb_logger._wandb_init["mode"] == "offline"
+    assert wandb_logger._wandb_init["group"] == cfg.task_name
+    assert wandb_logger._wandb_init["name"] == f"{cfg.task_name}_fold{cfg.fold}"
+
+
+@pytest.mark.parametrize("launcher", ["joblib", "submitit_local", "submitit_slurm", "slurm_ddp"])
+def test_launchers_and_sweeper_compose(launcher: str) -> None:
+    cfg = _compose(
+        [
+            "experiment=breakhis_baseline",
+            f"hydra/launcher={launcher}",
+            "hparams_search=breakhis_optuna",
+        ],
+        hydra_cfg=True,
+    )
+    assert "launcher" in cfg.hydra and cfg.hydra.sweeper.direction == "maximize"
+    assert cfg.optimized_metric == "val/acc_best"
+
+
+def test_debug_wins_over_experiment() -> None:
+    cfg = _compose(["experiment=breakhis_baseline", "debug=smoke"])
+    assert cfg.trainer.max_epochs == 1 and cfg.trainer.limit_train_batches == 2
+
+
+def test_fold_and_paths_defaults() -> None:
+    cfg = _compose([])
+    assert cfg.fold == 1 and isinstance(cfg.fold, int)
+    root = Path(__file__).resolve().parents[1]
+    assert cfg.paths.root_dir == str(root) and cfg.paths.data_dir == str(root / "data")

@@ -1,0 +1,192 @@
+"""The training task end to end, in-process, on the tiny synthetic BreakHis with debug=smoke."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from omegaconf import open_dict
+
+from histo_lightning.errors import ConfigError, CorruptImageError
+from histo_lightning.train import run, train
+from tests.conftest import SMOKE
+
+
+def _metrics(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def test_smoke_run_writes_metrics_and_report(make_cfg) -> None:
+    cfg = make_cfg(["experiment=breakhis_baseline", *SMOKE, "fold=3"])
+    value = run(cfg)
+    out = Path(cfg.paths.output_dir)
+    metrics = _metrics(out)
+    for key in ("test/acc", "test/rr", "test/auroc", "test/f1_benign", "test/f1_malignant"):
+        assert 0.0 <= metrics[key] <= 1.0
+    assert metrics["test/loss"] > 0.0
+    assert {f"test/rr_{m}x" for m in (40, 100, 200, 400)} <= set(metrics)
+    # optimized_metric (val/acc_best) was logged and returned
+    assert value is not None and 0.0 <= value <= 1.0
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["synthetic_data"] is True and info["fold"] == 3
+    assert info["data"]["dataset"].startswith("breakhis_synthetic-")
+    predictions = pd.read_csv(out / "predictions.csv")
+    assert len(predictions) == 16  # limit_test_batches=2 x eval_batch_size=8
+    assert (predictions["correct"] == (predictions["label"] == predictions["pred"])).all()
+    assert predictions["correct"].mean() == pytest.approx(metrics["test/acc"])
+    for name in (
+        "plots/roc.png",
+        "plots/confusion_matrix.png",
+        "patient_scores.csv",
+        "confusion_matrix.csv",
+    ):
+        assert (out / name).stat().st_size > 0
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_evaluate_a_checkpoint_without_training(make_cfg) -> None:
+    cfg = make_cfg(
+        ["experiment=breakhis_baseline", *SMOKE, "fold=2", "trainer.limit_test_batches=1.0"], "fit"
+    )
+    train(cfg)
+    fitted = Path(cfg.paths.output_dir)
+    best = json.loads((fitted / "run_info.json").read_text())["tested_checkpoint"]
+    ckpt = fitted / "checkpoints" / Path(best).name
+    eval_cfg = make_cfg(
+        [
+            "experiment=breakhis_baseline",
+            *SMOKE,
+            "fold=2",
+            "trainer.limit_test_batches=1.0",
+            "train=false",
+            f"ckpt_path={ckpt}",
+        ],
+        "eval",
+    )
+    assert run(eval_cfg) is None
+    evaluated = _metrics(Path(eval_cfg.paths.output_dir))
+    assert evaluated == pytest.approx(_metrics(fitted))
+    assert not (Path(eval_cfg.paths.output_dir) / "checkpoints").exists()
+
+
+def test_train_false_needs_a_checkpoint(make_cfg) -> None:
+    with pytest.raises(ConfigError, match="train=false needs ckpt_path"):
+        train(make_cfg(["experiment=breakhis_baseline", *SMOKE, "train=false"]))
+
+
+def test_rerun_resumes_from_last_ckpt(make_cfg) -> None:
+    overrides = ["experiment=breakhis_baseline", *SMOKE, "trainer.limit_test_batches=1"]
+    first = make_cfg([*overrides, "trainer.max_epochs=1"])
+    train(first)
+    info = json.loads((Path(first.paths.output_dir) / "run_info.json").read_text())
+    assert info["resumed_from"] is None and info["global_step"] == 2
+    second = make_cfg([*overrides, "trainer.max_epochs=2"])  # same run directory
+    train(second)
+    info = json.loads((Path(second.paths.output_dir) / "run_info.json").read_text())
+    assert info["resumed_from"].endswith("checkpoints/last.ckpt")
+    assert info["global_step"] == 4 and info["epochs_completed"] == 2
+    # resume=false starts over
+    fresh = make_cfg([*overrides, "trainer.max_epochs=1", "resume=false"])
+    train(fresh)
+    assert (
+        json.loads((Path(fresh.paths.output_dir) / "run_info.json").read_text())["resumed_from"]
+        is None
+    )
+
+
+def test_missing_ckpt_path_is_named(make_cfg) -> None:
+    with pytest.raises(ConfigError, match=r"ckpt_path=/nope.ckpt does not exist"):
+        train(make_cfg(["experiment=breakhis_baseline", *SMOKE, "ckpt_path=/nope.ckpt"]))
+
+
+def test_optimized_metric_must_be_logged(make_cfg) -> None:
+    cfg = make_cfg(["experiment=breakhis_baseline", *SMOKE, "optimized_metric=val/not_a_metric"])
+    with pytest.raises(ConfigError, match="optimized_metric=val/not_a_metric was never logged"):
+        run(cfg)
+
+
+def test_wandb_without_account_logs_offline_into_the_run_dir(make_cfg, caplog) -> None:
+    cfg = make_cfg(["experiment=breakhis_baseline", *SMOKE, "logger=[csv,wandb]", "tags=[test]"])
+    with caplog.at_level("INFO"):
+        run(cfg)
+    out = Path(cfg.paths.output_dir)
+    offline_runs = list((out / "wandb").glob("offline-run-*"))
+    assert len(offline_runs) == 1
+    assert any(f.suffix == ".wandb" for f in offline_runs[0].iterdir())
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("W&B: offline")]
+    assert len(lines) == 1 and "no W&B API key" in lines[0]
+    assert (out / "csv").is_dir()
+
+
+def test_several_loggers_at_once(make_cfg) -> None:
+    cfg = make_cfg(["experiment=breakhis_baseline", *SMOKE, "logger=[csv,tensorboard]"])
+    train(cfg)
+    out = Path(cfg.paths.output_dir)
+    assert list((out / "tensorboard").rglob("events.out.tfevents.*"))
+    assert list((out / "csv").rglob("metrics.csv"))
+
+
+@pytest.fixture
+def corrupt_copy(make_cfg, data_dir: Path, tmp_path: Path) -> tuple[Path, str]:
+    """A copy of the tiny synthetic tree with one image truncated."""
+    cfg = make_cfg(["experiment=breakhis_baseline", *SMOKE], "probe")
+    from hydra.utils import instantiate
+
+    source = instantiate(cfg.dataset).root
+    copy = tmp_path / "breakhis_copy"
+    shutil.copytree(source, copy)
+    victim = sorted(copy.rglob("*.png"))[5]
+    victim.write_bytes(victim.read_bytes()[:100])
+    return copy, victim.name
+
+
+def _real_layout_overrides(root: Path, tmp_path: Path) -> list[str]:
+    return [
+        "experiment=breakhis_baseline",
+        "debug=smoke",
+        "callbacks.rich_progress_bar=null",
+        "callbacks.model_summary=null",
+        f"dataset.root={root}",
+        f"paths.split_dir={tmp_path / 'splits'}",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+    ]
+
+
+def test_corrupt_image_fails_naming_the_file(make_cfg, corrupt_copy, tmp_path: Path) -> None:
+    root, victim = corrupt_copy
+    with pytest.raises(
+        CorruptImageError, match=rf"unreadable image .*{victim}.*dataset.on_corrupt=skip"
+    ):
+        train(make_cfg(_real_layout_overrides(root, tmp_path)))
+
+
+def test_corrupt_image_skipped_and_listed(make_cfg, corrupt_copy, tmp_path: Path) -> None:
+    root, victim = corrupt_copy
+    cfg = make_cfg(
+        [
+            *_real_layout_overrides(root, tmp_path),
+            "dataset.on_corrupt=skip",
+            "trainer.limit_test_batches=1.0",
+        ]
+    )
+    train(cfg)
+    out = Path(cfg.paths.output_dir)
+    assert victim in (out / "skipped_images.txt").read_text()
+    info = json.loads((out / "run_info.json").read_text())
+    assert [Path(p).name for p in info["data"]["skipped_images"]] == [victim]
+    assert info["synthetic_data"] is False  # read through dataset.root like real data
+    assert (
+        victim
+        not in pd.read_csv(out / "predictions.csv")["path"].map(lambda p: Path(p).name).tolist()
+    )
+
+
+def test_image_cache_none_decodes_on_access(make_cfg) -> None:
+    cfg = make_cfg(["experiment=breakhis_baseline", *SMOKE, "dataset.image_cache=none"])
+    with open_dict(cfg):
+        cfg.dataset.num_workers = 0
+    train(cfg)
+    assert "test/acc" in _metrics(Path(cfg.paths.output_dir))
