@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import hydra
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
@@ -27,7 +26,7 @@ from pytorch_lightning.loggers import WandbLogger
 
 from histo_lightning.errors import ConfigError, HistoError
 from histo_lightning.utils.hydra_ddp import prepare_ddp_subprocess_launch
-from histo_lightning.utils.instantiate import instantiate_callbacks, instantiate_loggers
+from histo_lightning.utils.instantiate import build, instantiate_callbacks, instantiate_loggers
 from histo_lightning.utils.io import write_json_atomic, write_text_atomic
 from histo_lightning.utils.logging import get_logger
 
@@ -97,15 +96,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
         raise ConfigError("train=false needs ckpt_path=<checkpoint to evaluate>")
 
     log.info(f"Data: {cfg.dataset._target_}")
-    datamodule = hydra.utils.instantiate(cfg.dataset)
+    datamodule = build(cfg.dataset)
     # read the dataset, check the fold, write the split and build the cache now, before any process starts
     datamodule.prepare_data()
     log.info(f"Model: {cfg.model._target_} with net {cfg.model.net._target_}")
-    model = hydra.utils.instantiate(cfg.model)
+    model = build(cfg.model)
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
     loggers = instantiate_loggers(cfg.get("logger"))
     prepare_ddp_subprocess_launch()
-    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    trainer: pl.Trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers)
     log_hyperparameters(
         cfg, model, trainer, {"dataset": datamodule.name, "synthetic": datamodule.is_synthetic}
     )

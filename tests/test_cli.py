@@ -49,11 +49,21 @@ def test_missing_dataset_root_is_one_line_and_leaves_nothing(tmp_path: Path) -> 
     assert not list(logs.rglob("*.log")) and not list(logs.rglob("config.yaml"))  # run dir removed
 
 
-def test_fold_out_of_range_is_one_line(data_dir: Path, tmp_path: Path) -> None:
-    result = run_cli([*_common(data_dir, tmp_path / "logs"), "fold=9"])
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("fold=9", "error: fold=9 is out of range"),
+        ("dataset.magnifications=[40,50]", "error: dataset.magnifications=[40, 50]"),
+    ],
+    ids=["fold", "constructor"],
+)
+def test_bad_values_are_one_line(
+    override: str, message: str, data_dir: Path, tmp_path: Path
+) -> None:
+    result = run_cli([*_common(data_dir, tmp_path / "logs"), override])
     assert result.returncode == 2, result.stderr
     errors = _error_lines(result.stderr)
-    assert len(errors) == 1 and errors[0].startswith("error: fold=9 is out of range")
+    assert len(errors) == 1 and errors[0].startswith(message), result.stderr[-2000:]
 
 
 def test_full_error_shows_the_traceback(tmp_path: Path) -> None:
@@ -170,3 +180,15 @@ def test_killed_run_resumes_from_last_ckpt(data_dir: Path, tmp_path: Path) -> No
     assert info["resumed_from"].endswith("killed/checkpoints/last.ckpt")
     assert info["epochs_completed"] == 8 and info["global_step"] == 8 * 3
     assert "Resuming from" in (run_dir / "run.log").read_text()
+
+
+def test_ddp_inside_a_multirun_job(data_dir: Path, tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    result = run_cli(["-m", *_common(data_dir, logs), "trainer=ddp_cpu", "fold=2"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    (sweep,) = (logs / "breakhis_baseline" / "multiruns").iterdir()
+    job = sweep / "0_fold2"
+    assert (job / "train_ddp_process_1.log").exists() and (job / "metrics.json").exists()
+    # the extra rank neither started a sweep of its own nor a run folder elsewhere
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0_fold2"]
+    assert not (logs / "breakhis_baseline" / "runs").exists()

@@ -190,3 +190,90 @@ def test_image_cache_none_decodes_on_access(make_cfg) -> None:
         cfg.dataset.num_workers = 0
     train(cfg)
     assert "test/acc" in _metrics(Path(cfg.paths.output_dir))
+
+
+def test_explicit_ckpt_path_resumes_into_a_new_run(make_cfg) -> None:
+    overrides = ["experiment=breakhis_baseline", *SMOKE, "trainer.limit_test_batches=1"]
+    first = make_cfg([*overrides, "trainer.max_epochs=1"], "first")
+    train(first)
+    last = Path(first.paths.output_dir) / "checkpoints" / "last.ckpt"
+    second = make_cfg([*overrides, "trainer.max_epochs=2", f"ckpt_path={last}"], "second")
+    train(second)
+    info = json.loads((Path(second.paths.output_dir) / "run_info.json").read_text())
+    assert info["resumed_from"] == str(last) and info["global_step"] == 4
+
+
+def test_magnification_filter(make_cfg) -> None:
+    from hydra.utils import instantiate
+
+    cfg = make_cfg(["experiment=breakhis_baseline", *SMOKE, "dataset.magnifications=[40,400]"])
+    datamodule = instantiate(cfg.dataset)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    assert set(datamodule.table["magnification"]) == {40, 400}
+    assert set(datamodule.datasets["train"].groups) <= {40, 400}
+    with pytest.raises(ConfigError, match=r"dataset.magnifications=\[40, 50\]"):
+        train(make_cfg(["experiment=breakhis_baseline", *SMOKE, "dataset.magnifications=[40,50]"]))
+
+
+@pytest.mark.parametrize("debug", ["fdr", "profiler"])
+def test_debug_configs_run(debug: str, make_cfg) -> None:
+    overrides = [
+        *SMOKE[:-3],
+        f"debug={debug}",
+        "experiment=breakhis_baseline",
+        "callbacks.rich_progress_bar=null",
+    ]
+    cfg = make_cfg(
+        [
+            *overrides,
+            "dataset.batch_size=4",
+            "dataset.eval_batch_size=8",
+            "++trainer.limit_train_batches=2",
+        ]
+    )
+    train(cfg)
+    out = Path(cfg.paths.output_dir)
+    assert "test/acc" in _metrics(out)
+    if debug == "profiler":
+        assert list(out.glob("*profile*.txt"))
+
+
+@pytest.mark.slow
+def test_overfit_drives_the_training_loss_down(make_cfg) -> None:
+    cfg = make_cfg(
+        [
+            *SMOKE[:-3],
+            "debug=overfit",
+            "experiment=breakhis_baseline",
+            "callbacks.rich_progress_bar=null",
+            "dataset.batch_size=4",
+            "trainer.max_epochs=40",
+            "test=false",
+        ]
+    )
+    metrics = train(cfg)
+    history = pd.read_csv(next(Path(cfg.paths.output_dir).rglob("metrics.csv")))
+    losses = history["train/loss"].dropna().to_numpy()
+    assert losses[-1] < 0.2 * losses[0] and metrics["train/acc"] == 1.0
+
+
+@pytest.mark.timeout(180)
+def test_forked_loader_workers_after_opencv_use_in_threads(make_cfg) -> None:
+    """Regression: DataLoader workers forked after the parent ran OpenCV in threads deadlocked."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import cv2
+    import numpy as np
+    from hydra.utils import instantiate
+
+    big = np.zeros((2000, 2000, 3), np.uint8)
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda _: cv2.cvtColor(big, cv2.COLOR_RGB2BGR), range(4)))
+    cfg = make_cfg(["experiment=breakhis_baseline", *SMOKE, "dataset.num_workers=2"])
+    datamodule = instantiate(cfg.dataset)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    loader = datamodule.train_dataloader()
+    batches = [batch for _, batch in zip(range(2), loader)]
+    assert batches[0]["image"].shape[1:] == (3, 460, 700)

@@ -12,12 +12,10 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
 from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
-from lightning_fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader
 
 from histo_lightning.data.datasets import ImageTableDataset
@@ -35,11 +33,6 @@ from histo_lightning.utils.logging import get_logger
 log = get_logger(__name__)
 
 TABLE_COLUMNS = ("path", "label", "patient", "group")
-
-
-def _worker_init(worker_id: int) -> None:
-    cv2.setNumThreads(1)
-    pl_worker_init_function(worker_id)
 
 
 class HistoDataModule(pl.LightningDataModule):
@@ -237,7 +230,6 @@ class HistoDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
-            worker_init_fn=_worker_init,
             drop_last=False,
         )
 

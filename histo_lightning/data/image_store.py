@@ -36,6 +36,11 @@ from histo_lightning.utils.progress import progress_bar
 
 log = get_logger(__name__)
 
+# OpenCV's thread pool does not survive fork(): a forked DataLoader worker that touches it (even to call
+# cv2.setNumThreads) after the parent started it deadlocks. Parallelism here comes from DataLoader
+# workers and our own thread pools, so OpenCV runs single-threaded from the start, in every process.
+cv2.setNumThreads(1)
+
 CACHE_FORMAT_VERSION = 1
 
 

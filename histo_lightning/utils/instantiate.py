@@ -1,4 +1,10 @@
-"""Instantiate callbacks and loggers from their config groups (dicts of named ``_target_`` nodes)."""
+"""Instantiate objects from config, keeping our one-line user errors intact.
+
+Hydra wraps any exception raised inside a ``_target_`` in an ``InstantiationException``; a
+:class:`~histo_lightning.errors.HistoError` raised by a constructor (a bad ``dataset.magnifications``, a
+missing ``model.net.weights_path``) is unwrapped and re-raised as itself, so ``run.py`` reports it in one
+line instead of a traceback.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,28 @@ from omegaconf import DictConfig
 from pytorch_lightning import Callback
 from pytorch_lightning.loggers import Logger
 
-from histo_lightning.errors import ConfigError
+from histo_lightning.errors import ConfigError, HistoError
+
+
+def _user_error(err: BaseException) -> HistoError | None:
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, HistoError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def build(cfg: Any, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate(cfg, **kwargs)``, re-raising a user error from inside unwrapped."""
+    try:
+        return hydra.utils.instantiate(cfg, **kwargs)
+    except Exception as err:
+        user_error = _user_error(err)
+        if user_error is not None:
+            raise user_error from None
+        raise
 
 
 def _instantiate_all(cfg: DictConfig | None, group: str, kind: type) -> list[Any]:
@@ -20,7 +47,7 @@ def _instantiate_all(cfg: DictConfig | None, group: str, kind: type) -> list[Any
         raise ConfigError(f"{group} must be a mapping of named configs, got {type(cfg).__name__}")
     for name, node in cfg.items():
         if isinstance(node, DictConfig) and "_target_" in node:
-            obj = hydra.utils.instantiate(node)
+            obj = build(node)
             if not isinstance(obj, kind):
                 raise ConfigError(
                     f"{group}.{name} builds a {type(obj).__name__}, expected a {kind.__name__}"
