@@ -118,6 +118,8 @@ def test_wandb_without_account_logs_offline_into_the_run_dir(make_cfg, caplog) -
     assert any(f.suffix == ".wandb" for f in offline_runs[0].iterdir())
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("W&B: offline")]
     assert len(lines) == 1 and "no W&B API key" in lines[0]
+    images = {p.name.split("_")[0] for p in offline_runs[0].rglob("media/images/**/*.png")}
+    assert {"roc", "confusion"} <= images, "ROC and confusion-matrix plots are sent to W&B"
     assert (out / "csv").is_dir()
 
 
