@@ -85,7 +85,10 @@ class SlideInfo:
 def slide_info(slide: openslide.OpenSlide, path: str | Path = "") -> SlideInfo:
     props = slide.properties
     try:
-        mpp = (float(props[openslide.PROPERTY_NAME_MPP_X]), float(props[openslide.PROPERTY_NAME_MPP_Y]))
+        mpp = (
+            float(props[openslide.PROPERTY_NAME_MPP_X]),
+            float(props[openslide.PROPERTY_NAME_MPP_Y]),
+        )
     except (KeyError, ValueError):
         mpp = None
     return SlideInfo(
@@ -128,7 +131,9 @@ class TiledMask:
             self._page = page
             shape = tuple(page.shape)
         except Exception as err:  # tifffile raises many types for broken files
-            raise CorruptImageError(f"cannot read mask {self.path}: {type(err).__name__}: {err}") from err
+            raise CorruptImageError(
+                f"cannot read mask {self.path}: {type(err).__name__}: {err}"
+            ) from err
         if len(shape) == 3 and shape[-1] == 1:
             shape = shape[:2]
         if len(shape) != 2:
@@ -188,7 +193,9 @@ class TiledMask:
                 sy, sx = row * self._seg_h, col * self._seg_w
                 ya, yb = max(y0, sy), min(y1, sy + segment.shape[0])
                 xa, xb = max(x0, sx), min(x1, sx + segment.shape[1])
-                out[ya - y : yb - y, xa - x : xb - x] = segment[ya - sy : yb - sy, xa - sx : xb - sx]
+                out[ya - y : yb - y, xa - x : xb - x] = segment[
+                    ya - sy : yb - sy, xa - sx : xb - sx
+                ]
         return out
 
     def segments(self) -> Iterator[tuple[int, int, np.ndarray]]:
@@ -200,7 +207,9 @@ class TiledMask:
 
     def block_counts(self, block: int) -> np.ndarray:
         """Foreground pixels per ``block × block`` block: ``(ceil(H / block), ceil(W / block))`` int64."""
-        out = np.zeros((math.ceil(self.shape[0] / block), math.ceil(self.shape[1] / block)), np.int64)
+        out = np.zeros(
+            (math.ceil(self.shape[0] / block), math.ceil(self.shape[1] / block)), np.int64
+        )
         for y, x, segment in self.segments():
             fg = (segment > 0).astype(np.int32)
             # reduce columns, then rows, at the block boundaries falling inside this segment
@@ -312,9 +321,7 @@ def _slide_seed(seed: int, slide_name: str) -> np.random.SeedSequence:
     return np.random.SeedSequence([int(seed), digest])
 
 
-def label_patches(
-    fraction: np.ndarray, centre: np.ndarray, spec: PatchSpec
-) -> np.ndarray:
+def label_patches(fraction: np.ndarray, centre: np.ndarray, spec: PatchSpec) -> np.ndarray:
     """Labels (1 tumour, 0 normal, -1 left out) from masked fractions and centre values."""
     if spec.label_rule == "centre":
         return (centre > 0).astype(np.int64)
@@ -374,7 +381,9 @@ def grid_candidates(
         ) / float(footprint * footprint)
         if spec.label_rule == "centre":
             half = footprint // 2
-            centre = np.array([mask.read(int(y) + half, int(x) + half, 1, 1)[0, 0] for x, y in zip(xs, ys)])
+            centre = np.array(
+                [mask.read(int(y) + half, int(x) + half, 1, 1)[0, 0] for x, y in zip(xs, ys)]
+            )
     table = pd.DataFrame(
         {"x": xs, "y": ys, "tissue": tissue_fraction, "tumour_fraction": fraction, "centre": centre}
     )

@@ -184,7 +184,10 @@ def _layout(rng: np.random.Generator, shape: tuple[int, int], px_per_um: float) 
         radii = np.array([size * rng.uniform(0.36, 0.42)])
     else:
         centres = np.array(
-            [[width * 0.32, height * rng.uniform(0.35, 0.65)], [width * 0.72, height * rng.uniform(0.35, 0.65)]]
+            [
+                [width * 0.32, height * rng.uniform(0.35, 0.65)],
+                [width * 0.72, height * rng.uniform(0.35, 0.65)],
+            ]
         )
         radii = size * rng.uniform(0.22, 0.27, size=2)
     tissue = _blob_mask(rng, shape, centres, radii, 0.25, size * 0.02)
@@ -194,21 +197,23 @@ def _layout(rng: np.random.Generator, shape: tuple[int, int], px_per_um: float) 
     whole = np.zeros(shape, np.float32)
     necrosis = np.zeros(shape, np.float32)
     for _ in range(n_nodules):
-        radius = size * rng.uniform(0.10, 0.2)
-        candidates = np.argwhere(inside > radius * 0.6)
+        radius = size * rng.uniform(0.15, 0.25)
+        candidates = np.argwhere(inside > radius * 0.5)
         if not len(candidates):
             continue
         cy, cx = candidates[rng.integers(len(candidates))]
-        nodule = _blob_mask(rng, shape, np.array([[cx, cy]]), np.array([radius]), 0.2, radius * 0.05)
+        nodule = _blob_mask(
+            rng, shape, np.array([[cx, cy]]), np.array([radius]), 0.2, radius * 0.05
+        )
         whole = np.maximum(whole, nodule)
-        if rng.random() < 0.8:
+        if rng.random() < 0.6:
             n_foci = int(rng.integers(1, 3))
             offsets = rng.normal(0.0, 0.3 * radius, size=(n_foci, 2))
             foci = _blob_mask(
                 rng,
                 shape,
                 np.array([[cx, cy]]) + offsets,
-                radius * rng.uniform(0.15, 0.35, size=n_foci),
+                radius * rng.uniform(0.08, 0.2, size=n_foci),
                 0.35,
                 radius * 0.04,
             )
@@ -219,7 +224,9 @@ def _layout(rng: np.random.Generator, shape: tuple[int, int], px_per_um: float) 
         whole = _blob_mask(rng, shape, np.array([[cx, cy]]), np.array([radius]), 0.2, 0.0)
     whole *= tissue
     capsule_px = max(2, round(rng.uniform(15.0, 30.0) * px_per_um))
-    inner = cv2.erode((whole > 0.5).astype(np.uint8), np.ones((3, 3), np.uint8), iterations=capsule_px)
+    inner = cv2.erode(
+        (whole > 0.5).astype(np.uint8), np.ones((3, 3), np.uint8), iterations=capsule_px
+    )
     capsule = whole - inner.astype(np.float32)
     viable = np.clip(inner.astype(np.float32) - necrosis, 0, 1)
     return _SlideLayout(tissue, whole, viable, capsule, necrosis * whole)
@@ -338,7 +345,9 @@ def render_slide(
     nuclei = Ellipses.concat(
         [
             hepatocyte_nuclei,
-            make_nuclei(rng, binucleate, um * 7.0, 0.08, (0.85, 1.0), 0.75, 0.08, 0.15, (0.45, 0.65)),
+            make_nuclei(
+                rng, binucleate, um * 7.0, 0.08, (0.85, 1.0), 0.75, 0.08, 0.15, (0.45, 0.65)
+            ),
             tumour_nuclei,
             lining,
             stroma,
@@ -381,7 +390,11 @@ def write_slide(path: Path, rgb: np.ndarray, mpp: float, slide_format: str, qual
             }
             if slide_format == "svs":
                 header = f"Aperio Image Library v12.0.15 (histo-lightning synthetic)\r\n{width}x{height} "
-                size = f"[0,0 {width}x{height}] ({TILE}x{TILE})" if i == 0 else f"-> {level.shape[1]}x{level.shape[0]}"
+                size = (
+                    f"[0,0 {width}x{height}] ({TILE}x{TILE})"
+                    if i == 0
+                    else f"-> {level.shape[1]}x{level.shape[0]}"
+                )
                 options["description"] = (
                     f"{header}{size} JPEG/RGB Q={quality}|AppMag = 20|MPP = {mpp:.4f}|Synthetic = 1"
                 )
@@ -391,7 +404,9 @@ def write_slide(path: Path, rgb: np.ndarray, mpp: float, slide_format: str, qual
                 options["resolutionunit"] = "CENTIMETER"
             tif.write(level, **options)
             if i == 0 and slide_format == "svs":  # Aperio: a stripped thumbnail as the second image
-                thumb = cv2.resize(rgb, (max(1, width // 32), max(1, height // 32)), interpolation=cv2.INTER_AREA)
+                thumb = cv2.resize(
+                    rgb, (max(1, width // 32), max(1, height // 32)), interpolation=cv2.INTER_AREA
+                )
                 tif.write(
                     thumb,
                     photometric="rgb",
@@ -404,7 +419,9 @@ def write_slide(path: Path, rgb: np.ndarray, mpp: float, slide_format: str, qual
 
 def write_mask(path: Path, mask: np.ndarray) -> None:
     """A full-resolution 0/1 ``uint8`` mask, tiled and deflate-compressed (as PAIP's ``_viable.tif``)."""
-    tifffile.imwrite(path, mask, tile=(TILE, TILE), compression="zlib", photometric="minisblack", metadata=None)
+    tifffile.imwrite(
+        path, mask, tile=(TILE, TILE), compression="zlib", photometric="minisblack", metadata=None
+    )
 
 
 def slide_rng(seed: int, index: int) -> np.random.Generator:
@@ -416,7 +433,13 @@ def _write_one(out_root: str, spec: SlideSpec, config: SyntheticPaipConfig) -> N
     rgb, viable, whole = render_slide(slide_rng(config.seed, spec.index), spec, config)
     folder = Path(out_root) / spec.folder()
     folder.mkdir(parents=True, exist_ok=True)
-    write_slide(folder / spec.slide_name(config.slide_format), rgb, config.mpp, config.slide_format, config.jpeg_quality)
+    write_slide(
+        folder / spec.slide_name(config.slide_format),
+        rgb,
+        config.mpp,
+        config.slide_format,
+        config.jpeg_quality,
+    )
     write_mask(folder / f"{spec.slide_id}_viable.tif", viable)
     write_mask(folder / f"{spec.slide_id}_whole.tif", whole)
 
@@ -431,7 +454,12 @@ def generate_paip(
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = root.with_name(f"{root.name}.tmp-{uuid.uuid4().hex}")
     slides = build_slides(config)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
     try:
         tmp.mkdir()
         with Progress(*columns, disable=not progress) as bar:
@@ -488,7 +516,9 @@ def ensure_synthetic_paip(
         if _is_complete(root, config):
             return root
         if root.exists():
-            raise FileExistsError(f"{root} exists but is not a synthetic PAIP tree for this config; remove it")
+            raise FileExistsError(
+                f"{root} exists but is not a synthetic PAIP tree for this config; remove it"
+            )
         for stale in root.parent.glob(f"{root.name}.tmp-*"):
             shutil.rmtree(stale, ignore_errors=True)
         log.info("Generating SYNTHETIC PAIP 2019 (not real data) at %s", root)
