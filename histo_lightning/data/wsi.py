@@ -571,7 +571,7 @@ class SlidePatchSource:
         self.ys = np.asarray(ys, dtype=np.int64)
         self.level = int(level)
         self.size = int(size)
-        self.handles = handles or SlideHandles()
+        self.handles = handles if handles is not None else SlideHandles()
         self.bad: list = []  # unreadable slides are dropped before this source is built
 
     def __len__(self) -> int:

@@ -246,7 +246,6 @@ def _plates(
     rng: np.random.Generator, shape: tuple[int, int], gap_px: float, width_px: float
 ) -> np.ndarray:
     """Sinusoid/trabecula gaps: wavy polylines about ``gap_px`` apart, ``width_px`` wide (float32 0/1)."""
-    height, width = shape
     starts = jittered_grid(rng, shape, gap_px * 2.5, 0.8, margin_px=gap_px * 3)
     directions = rng.uniform(0, 2 * np.pi, size=len(starts))
     steps = max(4, int(gap_px * 3 / max(gap_px * 0.25, 1.0)))
