@@ -180,3 +180,35 @@ def test_table_layouts_from_sweeps(tmp_path: Path) -> None:
     assert [s["setting"][0] for s in table5["settings"]] == ["Triplet", "Pair", "-"]
     assert "85.00±5.00" in table7["sections"][0]["markdown"]  # Average = mean of per-mag means
     assert "Synthetic data" in (tmp_path / "smse_tables.md").read_text()
+
+
+def test_table_sweep_configs_compose() -> None:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from tests.conftest import CONF
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        table3 = compose(
+            "train",
+            ["experiment=smse_breakhis", "hparams_search=smse_table3"],
+            return_hydra_config=True,
+        )
+        params = table3.hydra.sweeper.params
+        assert params["embedding_loss"] == "contrastive,triplet"
+        assert params["embedding_loss.margin"] == "0.5,1.0,1.5,2.0"
+        assert list(table3.hydra.callbacks.smse_tables.layouts) == ["table3"]
+        table4 = compose(
+            "train",
+            ["experiment=smse_breakhis", "hparams_search=smse_table4"],
+            return_hydra_config=True,
+        )
+        grid = table4.hydra.sweeper.params["+rfl"].split(",")
+        assert len(grid) == 6
+        for option in grid:
+            cfg = compose("train", ["experiment=smse_breakhis", f"+rfl={option}"])
+            lam, gamma = option.removeprefix("lam").split("_gamma")
+            assert (cfg.loss.lam, cfg.loss.gamma) == (float(lam), float(gamma.replace("p", ".")))
+            assert cfg.loss._target_.endswith("ReinforcedFocalLoss")
+    GlobalHydra.instance().clear()
