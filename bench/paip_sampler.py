@@ -20,8 +20,11 @@ are generated on first use), builds the data module as a run does, then measures
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's histo_lightning first
 
 import hydra
 import numpy as np
