@@ -24,7 +24,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's histo_lightning first
+# this checkout's histo_lightning first (an installed copy would otherwise win)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import hydra
 import numpy as np
