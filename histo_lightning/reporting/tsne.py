@@ -44,7 +44,9 @@ def tsne_figure(
     colours = plt.get_cmap("tab10")
     group_names = dict(group_names or {})
     for ax, (name, (coords, labels, groups)) in zip(axes[0], panels.items()):
-        group_ids = [None] if groups is None else sorted(np.unique(groups).tolist())
+        # one marker per group (e.g. magnification); a single unnamed group (a PAIP slide set) is no group
+        single = groups is None or (len(np.unique(groups)) == 1 and not group_names)
+        group_ids = [None] if single else sorted(np.unique(groups).tolist())
         for c, class_name in enumerate(class_names):
             for g_index, g in enumerate(group_ids):
                 keep = labels == c if g is None else (labels == c) & (groups == g)
