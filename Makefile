@@ -39,6 +39,7 @@ format: install
 ## bench: data-loader throughput against train-step throughput
 bench: install
 	$(PY) bench/loader_vs_step.py
+	$(PY) bench/paip_sampler.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache logs

@@ -42,7 +42,8 @@ def test_every_experiment_instantiates(experiment: str, make_cfg) -> None:
 def test_every_model_runs_a_batch(model: str, make_cfg) -> None:
     cfg = make_cfg([*SMOKE, f"model={model}"])
     module = hydra.utils.instantiate(cfg.model)
-    logits = module(torch.zeros(2, 3, 460, 700))
+    height, width = cfg.model.net.get("input_size", [460, 700])
+    logits = module(torch.zeros(2, 3, height, width))
     assert logits.shape == (2, cfg.dataset.num_classes)
     loss = module.loss(logits, torch.tensor([0, 1]))
     loss.backward()

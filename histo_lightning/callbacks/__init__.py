@@ -1,5 +1,6 @@
 """Lightning callbacks of histo-lightning (Lightning's own ones are configured directly)."""
 
+from histo_lightning.callbacks.embedding_tsne import EmbeddingTSNE
 from histo_lightning.callbacks.test_report import TestReport
 
-__all__ = ["TestReport"]
+__all__ = ["EmbeddingTSNE", "TestReport"]

@@ -3,7 +3,9 @@
 A subclass says how to read its dataset (:meth:`HistoDataModule.load_table`, optionally
 :meth:`HistoDataModule.official_folds`); this class does the rest the same way for every dataset:
 the versioned split file, the image cache, the corrupt-file policy, samplers that stay exact under DDP,
-and the batch layout ``{"image", "label", "patient", "group", "index"}``.
+and the batch layout ``{"image", "label", "patient", "group", "index"}``. With ``pairing`` set (or
+``auto`` and a model whose embedding loss needs them) the same datasets are served as image pairs or
+triplets (SMSE Algorithms 1 and 2, :mod:`histo_lightning.data.pairing`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from torch.utils.data import DataLoader
 
 from histo_lightning.data.datasets import ImageTableDataset
 from histo_lightning.data.image_store import BadImage, FileImageSource, MemmapImageCache
+from histo_lightning.data.pairing import PAIRING_MODES, PairedDataset, PairingSampler, fixed_tuples
 from histo_lightning.data.splits import (
     SplitSpec,
     check_fold,
@@ -51,6 +54,13 @@ class HistoDataModule(pl.LightningDataModule):
         cache_dir: where image caches live. split_dir: where split files live.
         on_corrupt: ``fail`` (stop, naming the file) or ``skip`` (drop unreadable images, list them at the end).
         prepare_workers: processes used to decode/check images when the cache is built.
+        pairing: ``null`` (single images), ``pair`` or ``triplet`` (SMSE Algorithms 1/2), or ``auto``: what
+            the model's embedding loss needs (its ``pairing`` attribute; single images for other models).
+        pairing_balanced: class-balanced anchors and negatives (see :mod:`histo_lightning.data.pairing`).
+        pair_eval: serve validation and test sets as pairs/triplets too (partners fixed by
+            ``pairing_seed``), so the embedding loss is also reported there; every image is still classified
+            exactly once, as an anchor.
+        pairing_seed: seed of the partner draws (training: combined with the epoch).
     """
 
     def __init__(
@@ -71,6 +81,10 @@ class HistoDataModule(pl.LightningDataModule):
         split_dir: str = "data/splits",
         on_corrupt: str = "fail",
         prepare_workers: int = 2,
+        pairing: str | None = "auto",
+        pairing_balanced: bool = False,
+        pair_eval: bool = True,
+        pairing_seed: int = 0,
     ) -> None:
         super().__init__()
         if len(class_names) != num_classes:
@@ -81,6 +95,10 @@ class HistoDataModule(pl.LightningDataModule):
             raise ConfigError(f"dataset.image_cache={image_cache!r}: expected 'memmap' or 'none'")
         if on_corrupt not in ("fail", "skip"):
             raise ConfigError(f"dataset.on_corrupt={on_corrupt!r}: expected 'fail' or 'skip'")
+        if pairing not in (None, "auto", *PAIRING_MODES):
+            raise ConfigError(
+                f"dataset.pairing={pairing!r}: expected null, auto, {', '.join(PAIRING_MODES)}"
+            )
         self.fold = fold
         self.split_spec = SplitSpec(**dict(split))
         self.class_names = list(class_names)
@@ -102,6 +120,13 @@ class HistoDataModule(pl.LightningDataModule):
         self.skipped: list[BadImage] = []
         self.patient_names: list[str] = []
         self.datasets: dict[str, ImageTableDataset] = {}
+        self.pairing = pairing
+        self.pairing_balanced = pairing_balanced
+        self.pair_eval = pair_eval
+        self.pairing_seed = int(pairing_seed)
+        self.active_pairing: str | None = None
+        self.paired: dict[str, PairedDataset] = {}
+        self._subset_rows: dict[str, np.ndarray] = {}
 
     # ---- what a dataset subclass provides -------------------------------------------------------------
     @property
@@ -188,20 +213,13 @@ class HistoDataModule(pl.LightningDataModule):
         self._materialise()
         assert self.table is not None and self.split is not None
         table = self.table
-        image_ids = table["image_id"].to_numpy() if "image_id" in table else np.arange(len(table))
         subsets = subsets_for_fold(self.split, self.fold)
+        self._subset_rows = {}
         for subset, members in subsets.items():
             rows = np.flatnonzero(table["patient"].astype(str).isin(members).to_numpy())
+            self._subset_rows[subset] = rows
             transform = self.train_transforms if subset == "train" else self.eval_transforms
-            self.datasets[subset] = ImageTableDataset(
-                self.images,
-                image_ids[rows],
-                table["label"].to_numpy()[rows],
-                table["patient_id"].to_numpy()[rows],
-                table["group"].to_numpy()[rows],
-                rows,
-                transform,
-            )
+            self.datasets[subset] = self._table_dataset(rows, transform)
         counts = ", ".join(
             f"{s} {len(d)} images / {len(subsets[s])} patients" for s, d in self.datasets.items()
         )
@@ -212,9 +230,93 @@ class HistoDataModule(pl.LightningDataModule):
                 raise ConfigError(
                     f"fold={self.fold} of split {self.split_spec.scheme!r} has no {subset} images"
                 )
+        self._setup_pairing()
+
+    def _table_dataset(
+        self, rows: np.ndarray, transform: Callable[..., dict] | None
+    ) -> ImageTableDataset:
+        """The samples at ``rows`` of the table, read from the image source with ``transform``."""
+        table = self.table
+        image_ids = table["image_id"].to_numpy() if "image_id" in table else np.arange(len(table))
+        return ImageTableDataset(
+            self.images,
+            image_ids[rows],
+            table["label"].to_numpy()[rows],
+            table["patient_id"].to_numpy()[rows],
+            table["group"].to_numpy()[rows],
+            rows,
+            transform,
+        )
+
+    # ---- pairs and triplets (SMSE §III-B) -----------------------------------------------------------
+    def _model_pairing(self) -> tuple[str | None, str | None]:
+        """What the model being trained needs (its ``pairing`` attribute) and the model's class name."""
+        trainer = self.trainer
+        model = getattr(trainer, "lightning_module", None) if trainer is not None else None
+        if model is None:
+            return None, None
+        return getattr(model, "pairing", None), type(model).__name__
+
+    def _resolve_pairing(self) -> str | None:
+        wanted, model_name = self._model_pairing()
+        if self.pairing == "auto":
+            return wanted
+        if model_name is not None and self.pairing != wanted:
+            needs = f"{wanted}s" if wanted else "single images"
+            raise ConfigError(
+                f"dataset.pairing={self.pairing} but the model ({model_name}) trains on {needs}; "
+                f"set dataset.pairing=auto (or {wanted})"
+            )
+        return self.pairing
+
+    def _setup_pairing(self) -> None:
+        self.active_pairing = self._resolve_pairing()
+        self.paired = {}
+        if self.active_pairing is None:
+            return
+        mode = self.active_pairing
+        self.paired["train"] = PairedDataset(self.datasets["train"], mode)
+        if not self.pair_eval:
+            return
+        for offset, subset in enumerate(("val", "test"), start=1):
+            dataset = self.datasets[subset]
+            if len(dataset) == 0:
+                continue
+            try:
+                rows = fixed_tuples(
+                    dataset.labels, mode, self.pairing_seed * 1000 + offset, f"the {subset} set"
+                )
+            except ConfigError as err:
+                log.warning(
+                    f"{subset} set served as single images (no {subset} embedding loss): {err}"
+                )
+                continue
+            self.paired[subset] = PairedDataset(dataset, mode, fixed=rows)
+        log.info(
+            f"Pairing: {mode}s (partners redrawn every epoch, seed {self.pairing_seed}"
+            f"{', class-balanced' if self.pairing_balanced else ''}); "
+            f"evaluation {'on fixed ' + mode + 's' if self.pair_eval else 'on single images'}"
+        )
 
     def _loader(self, subset: str, shuffle: bool) -> DataLoader:
-        dataset = self.datasets[subset]
+        if shuffle and subset in self.paired:
+            # partners are drawn in the sampler, in the main process, every epoch (Lightning wraps it in a
+            # DistributedSamplerWrapper under DDP and forwards set_epoch)
+            return DataLoader(
+                self.paired[subset],
+                batch_size=self.batch_size,
+                sampler=PairingSampler(
+                    self.datasets[subset].labels,
+                    self.active_pairing,
+                    seed=self.pairing_seed,
+                    balanced=self.pairing_balanced,
+                ),
+                num_workers=self.num_workers,
+                pin_memory=self.pin_memory,
+                persistent_workers=self.num_workers > 0,
+                drop_last=False,
+            )
+        dataset = self.paired.get(subset, self.datasets[subset])
         sampler = None
         trainer = self.trainer
         if not shuffle and trainer is not None and trainer.world_size > 1:
@@ -242,6 +344,22 @@ class HistoDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
 
+    def embedding_dataloader(
+        self, subset: str, max_samples: int | None = None, seed: int = 0
+    ) -> DataLoader:
+        """Single images of ``subset`` with the evaluation transforms (no augmentation, no partners),
+        at most ``max_samples`` of them drawn at random with ``seed``: what embedding plots look at."""
+        rows = self._subset_rows[subset]
+        if max_samples is not None and len(rows) > max_samples:
+            rng = np.random.default_rng(seed)
+            rows = np.sort(rng.choice(rows, size=max_samples, replace=False))
+        return DataLoader(
+            self._table_dataset(rows, self.eval_transforms),
+            batch_size=self.eval_batch_size,
+            shuffle=False,
+            num_workers=0,
+        )
+
     def describe(self) -> dict[str, Any]:
         """What the run report records about the data."""
         return {
@@ -251,5 +369,7 @@ class HistoDataModule(pl.LightningDataModule):
             "fold": self.fold,
             "split": self.split_spec.__dict__,
             "n_images": {s: len(d) for s, d in self.datasets.items()},
+            "pairing": self.active_pairing,
+            "pairing_balanced": self.pairing_balanced if self.active_pairing else None,
             "skipped_images": [b.path for b in self.skipped],
         }

@@ -8,6 +8,9 @@ A split assigns every patient, for every fold k = 1…K, to ``train``, ``val`` o
 * ``official``: the dataset's own fold file (BreakHis ``Folds.csv``) decides train/test per fold. Such
   protocols need not partition patients (BreakHis' five folds are independent 70/30 patient splits).
 * ``auto``: ``official`` when the dataset ships a fold file, else ``patient_kfold``.
+* ``holdout``: one fold (``fold=1``): a random ``test_fraction`` of the patients (stratified where
+  possible) is the test set, the rest trains, e.g. SMSE's PAIP 2019 protocol, "30 out of 50 [slides] are
+  randomly selected for training purpose and the rest 20 are used for testing" (``test_fraction=0.4``).
 
 In both schemes the validation patients used for checkpoint selection are carved from the fold's
 training patients (``val_fraction``, stratified where possible), never from its test patients.
@@ -35,7 +38,7 @@ from histo_lightning.utils.logging import get_logger
 
 log = get_logger(__name__)
 
-SCHEMES = ("auto", "patient_kfold", "official")
+SCHEMES = ("auto", "patient_kfold", "official", "holdout")
 SUBSETS = ("train", "val", "test")
 
 
@@ -48,6 +51,7 @@ class SplitSpec:
     val_fraction: float = 0.2
     seed: int = 0
     version: int = 1
+    test_fraction: float = 0.4  # holdout only
 
     def __post_init__(self) -> None:
         if self.scheme not in SCHEMES:
@@ -56,6 +60,8 @@ class SplitSpec:
             raise ConfigError(f"split.n_folds={self.n_folds} must be at least 2")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"split.val_fraction={self.val_fraction} must be in [0, 1)")
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ConfigError(f"split.test_fraction={self.test_fraction} must be in (0, 1)")
 
 
 def patient_labels(images: pd.DataFrame) -> pd.DataFrame:
@@ -134,6 +140,24 @@ def kfold_split(patients: pd.DataFrame, spec: SplitSpec) -> pd.DataFrame:
     return _with_validation(rows, patients, spec)
 
 
+def holdout_split(patients: pd.DataFrame, spec: SplitSpec) -> pd.DataFrame:
+    """The long split table of the ``holdout`` scheme: one fold, ``test_fraction`` of the patients test."""
+    if len(patients) < 2:
+        raise ConfigError(f"split.scheme=holdout needs at least 2 patients, got {len(patients)}")
+    n_test = min(max(1, round(spec.test_fraction * len(patients))), len(patients) - 1)
+    labels = patients["label"].to_numpy()
+    stratify = labels if _stratifiable(labels, 2) and n_test >= len(np.unique(labels)) else None
+    _, test = train_test_split(
+        patients["patient"].to_numpy(), test_size=n_test, stratify=stratify, random_state=spec.seed
+    )
+    test = set(test.tolist())
+    rows = [
+        {"fold": 1, "patient": p, "label": int(label), "subset": "test" if p in test else "train"}
+        for p, label in zip(patients["patient"], patients["label"])
+    ]
+    return _with_validation(rows, patients, spec)
+
+
 def official_split(patients: pd.DataFrame, official: pd.DataFrame, spec: SplitSpec) -> pd.DataFrame:
     """Split table from a dataset's own patient-wise folds: ``official`` has ``fold, patient, subset``."""
     label_of = dict(zip(patients["patient"], patients["label"]))
@@ -159,7 +183,8 @@ def official_split(patients: pd.DataFrame, official: pd.DataFrame, spec: SplitSp
 
 
 def split_file_name(dataset: str, scheme: str, n_folds: int, spec: SplitSpec) -> str:
-    return f"{dataset}__{scheme}_k{n_folds}_seed{spec.seed}_val{round(spec.val_fraction * 100)}_v{spec.version}.csv"
+    test = f"_test{round(spec.test_fraction * 100)}" if scheme == "holdout" else ""
+    return f"{dataset}__{scheme}{test}_k{n_folds}_seed{spec.seed}_val{round(spec.val_fraction * 100)}_v{spec.version}.csv"
 
 
 def load_or_create_split(
@@ -186,7 +211,10 @@ def load_or_create_split(
         raise ConfigError(
             f"split.scheme=official but dataset {dataset!r} ships no fold file at its root"
         )
-    n_folds = int(official["fold"].nunique()) if scheme == "official" else spec.n_folds
+    if scheme == "official":
+        n_folds = int(official["fold"].nunique())
+    else:
+        n_folds = 1 if scheme == "holdout" else spec.n_folds
     path = Path(split_dir) / split_file_name(dataset, scheme, n_folds, spec)
     meta_path = path.with_suffix(".json")
     expected = fingerprint(patients)
@@ -204,11 +232,12 @@ def load_or_create_split(
             raise ConfigError(
                 f"split file {path} does not exist (it is written by prepare_data on rank 0)"
             )
-        table = (
-            official_split(patients, official, spec)
-            if scheme == "official"
-            else kfold_split(patients, spec)
-        )
+        if scheme == "official":
+            table = official_split(patients, official, spec)
+        elif scheme == "holdout":
+            table = holdout_split(patients, spec)
+        else:
+            table = kfold_split(patients, spec)
         with atomic_path(path) as tmp:
             table.to_csv(tmp, index=False)
         write_json_atomic(
@@ -218,7 +247,7 @@ def load_or_create_split(
                 "scheme": scheme,
                 "source": official_source
                 if scheme == "official"
-                else "histo_lightning.data.splits.kfold_split",
+                else f"histo_lightning.data.splits.{'holdout' if scheme == 'holdout' else 'kfold'}_split",
                 "n_folds": n_folds,
                 **{k: v for k, v in asdict(spec).items() if k not in ("scheme", "n_folds")},
                 "n_patients": len(patients),
@@ -249,6 +278,7 @@ __all__ = [
     "assign_test_folds",
     "carve_validation",
     "check_fold",
+    "holdout_split",
     "kfold_split",
     "load_or_create_split",
     "official_split",

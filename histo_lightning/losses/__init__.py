@@ -1,5 +1,20 @@
 """Losses of the papers, as ``nn.Module`` criteria instantiated from the ``loss`` config group.
 
 Plain cross-entropy (SMSE's "-" baseline, CHS-Net's "SM") is ``torch.nn.CrossEntropyLoss`` itself
-(``conf/loss/cross_entropy.yaml``).
+(``conf/loss/cross_entropy.yaml``). SMSE (Sun et al.): the pair and triplet losses (Eqs. 2, 4; config group
+``embedding_loss``), the reinforced focal loss (Eq. 7; ``loss=reinforced_focal``) and their sum (Eq. 1).
 """
+
+from histo_lightning.losses.focal import ReinforcedFocalLoss, inverse_frequency_weights
+from histo_lightning.losses.similarity import ContrastiveLoss, TripletLoss, squared_distance
+from histo_lightning.losses.total import LossTerms, SimilarityObjective
+
+__all__ = [
+    "ContrastiveLoss",
+    "LossTerms",
+    "ReinforcedFocalLoss",
+    "SimilarityObjective",
+    "TripletLoss",
+    "inverse_frequency_weights",
+    "squared_distance",
+]

@@ -42,3 +42,39 @@ class CVSummaryCallback(Callback):
         written = write_summary(config.hydra.sweep.dir)
         if written is not None:
             log.info(f"Cross-validation summary: {written[1]}\n{written[1].read_text()}")
+
+
+class TableReportCallback(Callback):
+    """Write ``smse_tables.{md,json}`` (the paper's table layouts) into the sweep directory.
+
+    Configured by experiments and sweeps under ``hydra.callbacks``, e.g. ``layouts: [table6, table7]``;
+    see :mod:`histo_lightning.reporting.tables`.
+    """
+
+    def __init__(self, layouts: list[str]) -> None:
+        from histo_lightning.reporting.tables import LAYOUTS
+
+        unknown = [layout for layout in layouts if layout not in LAYOUTS]
+        if unknown:
+            raise ValueError(
+                f"hydra.callbacks: unknown table layout(s) {unknown}; choose from {LAYOUTS}"
+            )
+        self.layouts = list(layouts)
+
+    def _write(self, config: DictConfig):
+        from histo_lightning.reporting.tables import write_report
+
+        return write_report([config.hydra.sweep.dir], self.layouts)
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        if config.hydra.mode != RunMode.MULTIRUN or not _is_rank_zero():
+            return
+        try:
+            self._write(config)
+        except Exception as err:  # a report must never fail the job it reports on
+            log.warning(f"could not update the table report: {err}")
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        written = self._write(config)
+        if written is not None:
+            log.info(f"Paper tables: {written[1]}\n{written[1].read_text()}")
