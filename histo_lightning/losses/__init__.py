@@ -5,7 +5,7 @@ Plain cross-entropy (SMSE's "-" baseline, CHS-Net's "SM") is ``torch.nn.CrossEnt
 ``embedding_loss``), the reinforced focal loss (Eq. 7; ``loss=reinforced_focal``) and their sum (Eq. 1).
 """
 
-from histo_lightning.losses.focal import ReinforcedFocalLoss, inverse_frequency_weights
+from histo_lightning.losses.reinforced_focal import ReinforcedFocalLoss, inverse_frequency_weights
 from histo_lightning.losses.similarity import ContrastiveLoss, TripletLoss, squared_distance
 from histo_lightning.losses.total import LossTerms, SimilarityObjective
 
