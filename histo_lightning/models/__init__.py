@@ -1,5 +1,7 @@
 """LightningModules: one per method, built from injected nets, losses and metrics."""
 
+from histo_lightning.models.cascade import CascadeDetector
 from histo_lightning.models.classifier import ImageClassifier
+from histo_lightning.models.mitosis import PatchClassifier
 
-__all__ = ["ImageClassifier"]
+__all__ = ["CascadeDetector", "ImageClassifier", "PatchClassifier"]
