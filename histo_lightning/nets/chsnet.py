@@ -57,6 +57,7 @@ TABLE1_CONV1 = 128
 PATCH_SIZE = 128  # §3.4.1: 128 x 128 patches
 VIEW_SIZE = 64  # network input: 64 x 64 views
 INPUT_VIEWS = ("stack", "siamese")
+MIN_CHANNELS_LAST_WIDTH = 0.09
 
 
 def two_views(patches: Tensor) -> tuple[Tensor, Tensor]:
@@ -174,7 +175,8 @@ class CHSNet(nn.Module):
         input_views: ``stack`` (6-channel input) or ``siamese`` (shared extractor per view), see the module doc.
         bn_momentum: BatchNorm momentum (§4.2.2's moving decay 0.99 → 0.01).
         channels_last: keep weights and activations in channels-last memory format (faster convolutions
-            on CPUs and tensor-core GPUs; the numbers are the same).
+            on CPUs and tensor-core GPUs; the numbers are the same). Ignored below width 0.09, where
+            oneDNN's channels-last backward crashed on this CPU build.
 
     ``forward`` takes ``(N, 3, 128, 128)`` patches; :meth:`forward_views` takes the two 64×64 views.
     """
@@ -208,6 +210,9 @@ class CHSNet(nn.Module):
             nn.Linear(hidden, num_classes),
         )
         self.reset_parameters()
+        # oneDNN (torch 2.x CPU build here) crashed (SIGSEGV in the backward pass) on channels-last
+        # convolutions at width 0.0625; very narrow networks gain nothing from it anyway
+        channels_last = channels_last and width >= MIN_CHANNELS_LAST_WIDTH
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.to(memory_format=self.memory_format)
 

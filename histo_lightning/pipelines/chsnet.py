@@ -198,6 +198,11 @@ class Pipeline:
         metrics = {
             k: v for k, v in scalars(trainer.callback_metrics).items() if k.startswith(f"{stage}/")
         }
+        best_key = f"{stage}/{self.model_cfg.monitor}_best"
+        if best_key not in metrics and checkpoint.best_model_score is not None:
+            # resumed from a last.ckpt taken after the final epoch: fit had nothing left to run, so
+            # nothing was logged; the restored checkpoint callback still knows the best score
+            metrics[best_key] = float(checkpoint.best_model_score)
         info = {
             "best_checkpoint": best,
             "resumed_from": resumed_from,

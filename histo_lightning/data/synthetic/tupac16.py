@@ -84,6 +84,7 @@ PRESETS: dict[str, dict] = {
         "mitoses_per_hpf": 1.5,
         "lookalikes_per_hpf": 4.0,
         "n_test_cases": 1,
+        "unannotated_fraction": 0.3,
     },
     # `make demo`: ten cases, 768 px HPFs (192 µm), enriched in mitoses so a CPU run learns something
     "demo": {
