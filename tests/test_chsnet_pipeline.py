@@ -47,7 +47,9 @@ def test_pipeline_runs_every_stage_writes_reports_and_resumes(make_cfg) -> None:
         assert key in table3 and key in metrics
     info = _info(run_dir)
     assert info["synthetic_data"] is True and info["pipeline"]["cascade"] is True
-    assert [info["stages"][s]["status"] for s in ("screening", "mining", "refined", "detection")] == [
+    assert [
+        info["stages"][s]["status"] for s in ("screening", "mining", "refined", "detection")
+    ] == [
         "trained",
         "mined",
         "trained",
@@ -60,14 +62,19 @@ def test_pipeline_runs_every_stage_writes_reports_and_resumes(make_cfg) -> None:
     assert {"fp", "tp", "fn", "recall_pos", "recall_neg", "precision", "f1"} <= set(mining)
     assert mining["synthetic_data"] is True
     det = run_dir / "detection"
-    assert list((det / "predictions").glob("*/*.csv")) and list((det / "geojson").glob("*/*.geojson"))
+    assert list((det / "predictions").glob("*/*.csv")) and list(
+        (det / "geojson").glob("*/*.geojson")
+    )
     assert (det / "pr_curve.csv").is_file() and (det / "plots" / "pr_curve.png").is_file()
     assert list((det / "overlays").glob("*.png"))
     assert "refined/val/ap_best" in metrics and "screening/val/ap_best" in metrics
 
     # a rerun of the same run directory skips every finished stage
     again = run_chsnet(cfg)
-    assert [_info(run_dir)["stages"][s]["status"] for s in ("screening", "mining", "refined", "detection")] == [
+    assert [
+        _info(run_dir)["stages"][s]["status"]
+        for s in ("screening", "mining", "refined", "detection")
+    ] == [
         "reused",
         "reused",
         "reused",
@@ -100,21 +107,27 @@ def test_single_network_ablation_has_no_mining_or_refined_stage(make_cfg) -> Non
 def test_missing_tupac16_names_the_expected_folders(make_cfg, tmp_path: Path) -> None:
     cfg = make_cfg(["experiment=chsnet", f"dataset.root={tmp_path / 'tupac16'}"])
     with pytest.raises(
-        DatasetLayoutError, match=r"mitoses_image_data.*mitoses_ground_truth.*dataset=tupac16_synthetic"
+        DatasetLayoutError,
+        match=r"mitoses_image_data.*mitoses_ground_truth.*dataset=tupac16_synthetic",
     ):
         run_chsnet(cfg)
 
 
 def test_pipeline_config_errors_are_named(make_cfg) -> None:
     cfg = make_cfg([*CHSNET_SMOKE, "model.hard_example_mining=false"])
-    with pytest.raises(ConfigError, match="model.cascade=true needs model.hard_example_mining=true"):
+    with pytest.raises(
+        ConfigError, match=r"model\.cascade=true needs model\.hard_example_mining=true"
+    ):
         Pipeline(cfg)
     cfg = make_cfg([*CHSNET_SMOKE, "model.schedule=fast"])
     with pytest.raises(ConfigError, match=r"model.schedule='fast'"):
         Pipeline(cfg)
 
 
-def test_mining_under_ddp_equals_single_process_mining(data_dir: Path, tmp_path: Path, make_cfg) -> None:
+@pytest.mark.slow
+def test_mining_under_ddp_equals_single_process_mining(
+    data_dir: Path, tmp_path: Path, make_cfg
+) -> None:
     logs = tmp_path / "logs"
     overrides = [*CHSNET_SMOKE, "trainer.limit_predict_batches=1.0", "dataset.eval_batch_size=16"]
     result = run_cli(

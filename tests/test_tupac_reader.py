@@ -43,7 +43,12 @@ def test_reader_cases_hpfs_points_and_missing_or_empty_csv(tmp_path: Path) -> No
         str(tmp_path / "mitoses-test-image-data" / "07" / "01.tif"), np.zeros((8, 8, 3), np.uint8)
     )
     hpfs, mitoses = scan_tupac16(tmp_path)
-    assert hpfs[["case", "name"]].values.tolist() == [["01", "01"], ["01", "02"], ["30", "01"], ["55", "03"]]
+    assert hpfs[["case", "name"]].values.tolist() == [
+        ["01", "01"],
+        ["01", "02"],
+        ["30", "01"],
+        ["55", "03"],
+    ]
     assert hpfs["centre"].tolist() == [0, 0, 1, 2]
     assert hpfs["n_mitoses"].tolist() == [2, 0, 0, 1]
     np.testing.assert_array_equal(mitoses[0], [[10, 20], [30, 40]])  # (row, col)
