@@ -325,3 +325,19 @@ def test_mining_keeps_exactly_the_negatives_above_threshold(tmp_path) -> None:
     assert loaded is not None and np.array_equal(loaded.false_positives, expected)
     assert loaded.report["index_fingerprint"] == "abc"
     assert "| FP | TP | FN |" in (tmp_path / "mining" / "report.md").read_text()
+
+
+def test_cv_summary_pools_detection_counts_over_folds() -> None:
+    from histo_lightning.reporting.cv_summary import pooled_counts
+
+    values = {
+        "test/tp": [2.0, 0.0],
+        "test/fp": [0.0, 3.0],
+        "test/fn": [0.0, 1.0],
+        "test/f1": [1.0, 0.0],
+    }
+    pooled = pooled_counts(values)
+    assert (pooled["test/tp"], pooled["test/fp"], pooled["test/fn"]) == (2.0, 3.0, 1.0)
+    assert pooled["test/f1"] == pytest.approx(4 / 8)  # not the mean of the fold F1s (0.5 here too)
+    assert pooled["test/precision"] == pytest.approx(0.4)
+    assert pooled_counts({"val/acc": [0.5]}) == {}

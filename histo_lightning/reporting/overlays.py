@@ -46,9 +46,8 @@ def detection_overlay(
         cv2.circle(canvas, centre, r, colour, 2, cv2.LINE_AA)
         cv2.circle(canvas, centre, 2, colour, -1, cv2.LINE_AA)
     if title:
-        cv2.putText(
-            canvas, title, (8, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 3, cv2.LINE_AA
-        )
+        (width, height), _ = cv2.getTextSize(title, cv2.FONT_HERSHEY_SIMPLEX, 0.6, 1)
+        cv2.rectangle(canvas, (0, 0), (width + 16, height + 16), (0, 0, 0), -1)
         cv2.putText(
             canvas, title, (8, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 1, cv2.LINE_AA
         )

@@ -86,13 +86,13 @@ PRESETS: dict[str, dict] = {
         "n_test_cases": 1,
         "unannotated_fraction": 0.3,
     },
-    # `make demo`: ten cases, 768 px HPFs (192 µm), enriched in mitoses so a CPU run learns something
+    # `make demo`: ten cases, 512 px HPFs (128 µm), enriched in mitoses so a short CPU run learns something
     "demo": {
         "n_cases": 10,
         "hpfs_per_case": (2, 4),
-        "hpf_size": 768,
-        "mitoses_per_hpf": 2.5,
-        "lookalikes_per_hpf": 8.0,
+        "hpf_size": 512,
+        "mitoses_per_hpf": 2.0,
+        "lookalikes_per_hpf": 5.0,
         "n_test_cases": 2,
     },
 }
