@@ -29,6 +29,7 @@ same counts at a grid of refined thresholds for the precision–recall curve, an
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -221,7 +222,9 @@ class CascadeDetector(pl.LightningModule):
             "test/windows": windows,
             "test/screened_out": self.screened.compute() / windows.clamp_min(1),
         }
-        counts = self.counts.compute()  # synchronised across processes
+        with warnings.catch_warnings():  # the unlabelled test set never updates the counts
+            warnings.filterwarnings("ignore", message=".*was called before the ``update`` method")
+            counts = self.counts.compute()  # synchronised across processes
         curve, images = counts.pop("curve"), counts.pop("images")
         self.curve = curve.cpu().numpy() if int(images) > 0 else None
         if int(images) > 0:  # labelled HPFs (the unlabelled test set has no counts)
