@@ -16,9 +16,9 @@ $(STAMP): pyproject.toml uv.lock
 ## install: .venv with the exact locked versions (uv.lock) and the project editable
 install: $(STAMP)
 
-## demo: the main experiment end to end on SYNTHETIC BreakHis (generated on first use)
+## demo: the headline experiment (CHS-Net cascade) end to end on SYNTHETIC TUPAC16 (generated on first use)
 demo: install
-	$(PY) run.py experiment=breakhis_demo
+	$(PY) run.py experiment=chsnet_demo
 
 ## test: the fast suite (CI runs this)
 test: install
@@ -36,10 +36,11 @@ format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-## bench: data-loader throughput against train-step throughput
+## bench: loader vs train-step throughput; CHS-Net cascade detection speed; PAIP slide sampler speed
 bench: install
 	$(PY) bench/loader_vs_step.py
 	$(PY) bench/paip_sampler.py
+	$(PY) bench/chsnet_detection.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache logs

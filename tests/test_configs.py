@@ -30,17 +30,32 @@ def test_every_experiment_instantiates(experiment: str, make_cfg) -> None:
     cfg = make_cfg([f"experiment={experiment}", "trainer=cpu"])
     assert cfg.task_name != "train", "experiments name their runs"
     datamodule = hydra.utils.instantiate(cfg.dataset)
-    model = hydra.utils.instantiate(cfg.model)
     callbacks = instantiate_callbacks(cfg.callbacks)
     loggers = instantiate_loggers(cfg.logger)
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
     assert datamodule.fold == cfg.fold and trainer.max_epochs == cfg.trainer.max_epochs
+    if cfg.task.endswith("run_chsnet"):  # a multi-stage pipeline: one module per stage
+        from histo_lightning.pipelines.chsnet import Pipeline
+
+        Pipeline(cfg)  # checks the stage settings
+        for stage in ("screening", "refined"):
+            module = hydra.utils.instantiate(cfg.model[stage])
+            assert module.hparams.monitor == cfg.model.monitor
+        return
+    model = hydra.utils.instantiate(cfg.model)
     assert cfg.callbacks.model_checkpoint.monitor == model.hparams.monitor
 
 
 @pytest.mark.parametrize("model", _options("model"))
 def test_every_model_runs_a_batch(model: str, make_cfg) -> None:
     cfg = make_cfg([*SMOKE, f"model={model}"])
+    if model == "chsnet":  # the pipeline's stage modules, on 128 x 128 mitosis patches
+        cfg.model.net.width = 0.125
+        module = hydra.utils.instantiate(cfg.model.screening)
+        logits = module.net(torch.zeros(2, 3, 128, 128))
+        assert logits.shape == (2, 2)
+        module.loss(logits, torch.tensor([0, 1])).backward()
+        return
     module = hydra.utils.instantiate(cfg.model)
     height, width = cfg.model.net.get("input_size", [460, 700])
     logits = module(torch.zeros(2, 3, height, width))

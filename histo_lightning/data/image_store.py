@@ -78,14 +78,30 @@ def _header_shape(path: str) -> tuple[int, int] | str:
         return f"{type(err).__name__}: {err}"
 
 
-def _decode_into(flat: np.memmap, offset: int, height: int, width: int, path: str) -> str | None:
-    """Decode ``path`` and write it into ``flat`` at ``offset``; the error text if it cannot be read."""
+Preprocess = Callable[[np.ndarray], np.ndarray]
+
+
+def _decode_into(
+    flat: np.memmap,
+    offset: int,
+    height: int,
+    width: int,
+    path: str,
+    preprocess: Preprocess | None = None,
+) -> str | None:
+    """Decode ``path`` (then ``preprocess`` it) into ``flat`` at ``offset``; the error text if unreadable."""
     try:
         pixels = read_rgb(path)
     except CorruptImageError as err:
         return str(err)
     if pixels.shape != (height, width, 3):
         return f"decoded shape {pixels.shape} differs from header {(height, width, 3)}"
+    if preprocess is not None:
+        pixels = preprocess(pixels)
+        if pixels.shape != (height, width, 3) or pixels.dtype != np.uint8:
+            raise ValueError(
+                f"preprocess must keep (H, W, 3) uint8, got {pixels.shape} {pixels.dtype}"
+            )
     flat[offset : offset + pixels.size] = pixels.reshape(-1)
     return None
 
@@ -120,7 +136,9 @@ class MemmapImageCache:
     """All images of a dataset decoded once into ``<cache_dir>/<name>-<key>/pixels.u8``.
 
     Use :meth:`build_or_open`. Indexing returns a read-only ``(H, W, 3)`` view. The memmap is opened lazily
-    in each process, so the object pickles cheaply into DataLoader workers.
+    in each process, so the object pickles cheaply into DataLoader workers. An optional ``preprocess``
+    (e.g. stain normalisation) is applied once, when the cache is built; its ``preprocess_key`` (everything
+    that determines its output) enters the cache key, so differently preprocessed caches never mix.
     """
 
     def __init__(self, folder: Path) -> None:
@@ -136,22 +154,40 @@ class MemmapImageCache:
 
     @classmethod
     def build_or_open(
-        cls, paths: Sequence[Path], root: Path, cache_dir: Path, name: str, workers: int = 1
+        cls,
+        paths: Sequence[Path],
+        root: Path,
+        cache_dir: Path,
+        name: str,
+        workers: int = 1,
+        preprocess: Preprocess | None = None,
+        preprocess_key: str = "",
     ) -> MemmapImageCache:
         """Open the cache for exactly these files, building it first if it does not exist yet."""
-        key = files_key(paths, root)[:20]
+        if preprocess is not None and not preprocess_key:
+            raise ValueError("a preprocess needs a preprocess_key naming everything it depends on")
+        key = files_key(paths, root, extra=preprocess_key)[:20]
         folder = Path(cache_dir) / f"{name}-{key}"
         folder.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(folder) + ".lock"):
             if not (folder / "manifest.json").exists():
-                cls._build(paths, root, folder, key, workers)
+                cls._build(paths, root, folder, key, workers, preprocess, preprocess_key)
             else:
                 log.info(f"Image cache: reusing {folder}")
         return cls(folder)
 
     @staticmethod
-    def _build(paths: Sequence[Path], root: Path, folder: Path, key: str, workers: int) -> None:
-        log.info(f"Image cache: decoding {len(paths)} images once into {folder}")
+    def _build(
+        paths: Sequence[Path],
+        root: Path,
+        folder: Path,
+        key: str,
+        workers: int,
+        preprocess: Preprocess | None = None,
+        preprocess_key: str = "",
+    ) -> None:
+        what = f"decoding and preprocessing ({preprocess_key})" if preprocess else "decoding"
+        log.info(f"Image cache: {what} {len(paths)} images once into {folder}")
         shapes = np.zeros((len(paths), 2), dtype=np.int64)
         bad: dict[int, str] = {}
         for i, result in enumerate(_header_shape(str(p)) for p in paths):
@@ -166,7 +202,14 @@ class MemmapImageCache:
             flat = np.memmap(tmp / "pixels.u8", dtype=np.uint8, mode="w+", shape=(total,))
             todo = [i for i in range(len(paths)) if i not in bad]
             jobs = [
-                (flat, int(offsets[i]), int(shapes[i, 0]), int(shapes[i, 1]), str(paths[i]))
+                (
+                    flat,
+                    int(offsets[i]),
+                    int(shapes[i, 0]),
+                    int(shapes[i, 1]),
+                    str(paths[i]),
+                    preprocess,
+                )
                 for i in todo
             ]
             for i, error in zip(
@@ -180,6 +223,7 @@ class MemmapImageCache:
             manifest = {
                 "format_version": CACHE_FORMAT_VERSION,
                 "key": key,
+                "preprocess": preprocess_key,
                 "root": str(root),
                 "paths": [os.path.relpath(p, root) for p in paths],
                 "bad": [{"path": str(paths[i]), "reason": bad[i]} for i in sorted(bad)],

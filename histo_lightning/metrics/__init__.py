@@ -1,6 +1,14 @@
 """Metrics: torchmetrics ``Metric`` subclasses and suites, all correct under DDP."""
 
 from histo_lightning.metrics.classification import ClassificationMetrics, magnification_groups
+from histo_lightning.metrics.detection import DetectionF1, detection_scores, match_detections
 from histo_lightning.metrics.patient import PatientRecognitionRate
 
-__all__ = ["ClassificationMetrics", "PatientRecognitionRate", "magnification_groups"]
+__all__ = [
+    "ClassificationMetrics",
+    "DetectionF1",
+    "PatientRecognitionRate",
+    "detection_scores",
+    "magnification_groups",
+    "match_detections",
+]

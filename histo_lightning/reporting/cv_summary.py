@@ -87,6 +87,38 @@ def display_name(metric: str) -> str:
     return f"{head} {rest}".strip()
 
 
+def pooled_counts(values: dict[str, list[float]]) -> dict[str, float]:
+    """Precision, recall and F1 from TP/FP/FN summed over folds (detection tasks, e.g. CHS-Net).
+
+    For every ``<prefix>/tp``, ``<prefix>/fp``, ``<prefix>/fn`` triple: ``<prefix>/{tp,fp,fn}`` summed and
+    ``<prefix>/{precision,recall,f1}`` of the sums. The papers' "AVE." row is the mean of the fold F1s;
+    this is the pooled alternative over all HPFs of all folds.
+    """
+    out: dict[str, float] = {}
+    for name in values:
+        if not name.endswith("/tp"):
+            continue
+        prefix = name[: -len("tp")]
+        counts = [values.get(prefix + k) for k in ("tp", "fp", "fn")]
+        if not all(counts) or len({len(c) for c in counts}) != 1:
+            continue
+        tp, fp, fn = (float(np.sum(c)) for c in counts)
+        precision = tp / (tp + fp) if tp + fp else 0.0
+        recall = tp / (tp + fn) if tp + fn else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        out.update(
+            {
+                prefix + "tp": tp,
+                prefix + "fp": fp,
+                prefix + "fn": fn,
+                prefix + "precision": precision,
+                prefix + "recall": recall,
+                prefix + "f1": f1,
+            }
+        )
+    return out
+
+
 def summarize(sweep_dir: str | Path, ddof: int = 0) -> dict[str, Any]:
     """The summary of every job under ``sweep_dir`` (see module docstring)."""
     sweep_dir = Path(sweep_dir)
@@ -121,6 +153,7 @@ def summarize(sweep_dir: str | Path, ddof: int = 0) -> dict[str, Any]:
                     {"fold": j["fold"], "dir": j["dir"]} for j in members if not j["metrics"]
                 ],
                 "n": len(done),
+                "pooled": pooled_counts(values),
                 "mean": {m: float(np.mean(v)) for m, v in values.items() if v},
                 "std": {
                     m: float(np.std(v, ddof=ddof)) if len(v) > ddof else math.nan
@@ -186,6 +219,11 @@ def to_markdown(summary: dict[str, Any], digits: int = 3) -> str:
             for f in group["folds"]
         ]
         rows.append(["**Mean ± s.d.**", *(_mean_std(group, m, digits) for m in names)])
+        if group.get("pooled"):
+            pooled = group["pooled"]
+            rows.append(
+                ["**Pooled (Σ TP/FP/FN)**", *(_fmt(pooled.get(m, math.nan), digits) for m in names)]
+            )
         parts.append(f"## {label(group)}\n\n" + _table(["Fold", *columns], rows))
         if group["missing"]:
             missing = ", ".join(f"fold {m['fold']} ({m['dir']})" for m in group["missing"])

@@ -65,3 +65,47 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
         fig.savefig(tmp, format="png", dpi=dpi)
     plt.close(fig)
     return Path(path)
+
+
+def precision_recall_figure(
+    thresholds: np.ndarray,
+    precision: np.ndarray,
+    recall: np.ndarray,
+    f1: np.ndarray,
+    operating_threshold: float | None = None,
+    title: str = "Precision–recall over the detection threshold",
+) -> Figure:
+    """Left: precision against recall (one point per threshold); right: P, R and F1 against the threshold."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.5))
+    left.plot(recall, precision, marker=".", lw=1.5)
+    left.set(
+        xlabel="Recall",
+        ylabel="Precision",
+        xlim=(0, 1.01),
+        ylim=(0, 1.01),
+        title="Precision–recall",
+    )
+    for values, name in ((precision, "precision"), (recall, "recall"), (f1, "F1")):
+        right.plot(thresholds, values, lw=1.5, label=name)
+    if operating_threshold is not None:
+        right.axvline(
+            operating_threshold,
+            ls="--",
+            color="grey",
+            lw=1,
+            label=f"threshold {operating_threshold:g}",
+        )
+        at = int(np.argmin(np.abs(thresholds - operating_threshold)))
+        left.plot(
+            recall[at], precision[at], "o", color="crimson", label=f"p > {operating_threshold:g}"
+        )
+        left.legend(loc="lower left")
+    best = int(np.argmax(f1)) if len(f1) else 0
+    if len(f1):
+        right.plot(
+            thresholds[best], f1[best], "*", ms=10, color="black", label=f"best F1 {f1[best]:.3f}"
+        )
+    right.set(xlabel="Refined-network threshold", ylim=(0, 1.01), title=title)
+    right.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -37,6 +37,12 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     return Path(path)
 
 
+def read_json(path: str | Path) -> Any | None:
+    """The JSON document at ``path``, or None when there is no such file."""
+    path = Path(path)
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def write_json_atomic(path: str | Path, obj: Any) -> Path:
     """Write ``obj`` as indented JSON to ``path`` atomically."""
     return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")

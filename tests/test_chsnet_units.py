@@ -1,0 +1,343 @@
+"""CHS-Net building blocks against hand-worked cases: IoA, patch sampling, losses, matching, NMS, windows,
+the 1:1:3 sampler, the learning-rate schedule and hard-example mining."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from histo_lightning.callbacks.mining import HardExampleMining, load_mining
+from histo_lightning.data.mitosis_patches import (
+    PatchSampling,
+    build_patch_index,
+    extract_patch,
+    ioa,
+    negative_windows,
+)
+from histo_lightning.data.samplers import RatioSampler, allocate
+from histo_lightning.losses import FocalLoss, SemiFocalLoss
+from histo_lightning.metrics.detection import DetectionF1, match_detections
+from histo_lightning.models.cascade import CascadeDetector, nms_points, window_views
+from histo_lightning.models.mitosis import piecewise_constant
+from histo_lightning.nets.chsnet import CHSNet, two_views
+
+# ---- Eq. 8: IoA ------------------------------------------------------------------------------------
+
+
+def test_ioa_hand_worked_cases() -> None:
+    window = np.array([[0, 0, 128, 128]])
+    boxes = np.array(
+        [
+            [32, 32, 96, 96],  # inside: 64*64 / 128^2 = 0.25
+            [96, 96, 160, 160],  # corner: 32*32 / 16384 = 0.0625
+            [112, 32, 176, 96],  # edge: 16*64 / 16384 = 0.0625
+            [120, 0, 184, 64],  # 8*64 / 16384 = 0.03125
+            [200, 200, 264, 264],  # disjoint
+        ]
+    )
+    np.testing.assert_allclose(ioa(window, boxes)[0], [0.25, 0.0625, 0.0625, 0.03125, 0.0])
+    # not symmetric: the window's area is the denominator
+    assert ioa(boxes[:1], window)[0, 0] == 1.0
+
+
+def test_negative_windows_drop_those_touching_a_mitosis_box() -> None:
+    sampling = PatchSampling()
+    # 256x256: window origins 0, 64, 128 in each direction = 9 windows; a mitosis at (40, 40) has the box
+    # 8..72: only window (0, 0) overlaps it by >= 1/16 (64x64); (0, 64) overlaps 64x8 = 1/32 and stays.
+    origins, ignored = negative_windows(256, 256, np.array([[40.0, 40.0]]), sampling)
+    assert ignored == 1 and len(origins) == 8
+    assert [0, 0] not in origins.tolist() and [0, 64] in origins.tolist()
+    # a mitosis in the middle touches all nine windows by >= 1024 px^2: all ignored
+    assert negative_windows(256, 256, np.array([[128.0, 128.0]]), sampling) == (
+        pytest.approx(np.zeros((0, 2))),
+        9,
+    )
+
+
+def test_patch_counts_of_a_small_hpf() -> None:
+    sampling = PatchSampling()  # the paper's: 5 translations, 6 rotations each
+    index, counts = build_patch_index(
+        np.array([[256, 320], [256, 256]]), [np.array([[40.0, 40.0]]), np.zeros((0, 2))], sampling
+    )
+    # HPF 0: 3 x 4 windows, one ignored; (1 + 5) x (1 + 6) = 42 positives; HPF 1: 9 negatives
+    assert counts == {"positives": 42, "mitoses": 1, "negatives": 11 + 9, "ignored": 1}
+    positives = index[index["label"] == 1]
+    assert len(positives) == 42 and positives["original"].sum() == 1
+    assert (positives["angle"] != 0).sum() == 36
+    shifts = np.hypot(positives["cy"] - 40, positives["cx"] - 40)
+    assert shifts.max() <= 16 + 1 and len(np.unique(np.round(shifts[shifts > 0], 3))) >= 2
+    negatives = index[index["label"] == 0]
+    assert set(negatives["hpf"]) == {0, 1} and (negatives["angle"] == 0).all()
+    # negatives are the windows' centres (origin + 64)
+    assert sorted(negatives[negatives["hpf"] == 1]["cy"].unique()) == [64, 128, 192]
+    # deterministic
+    again, _ = build_patch_index(
+        np.array([[256, 320], [256, 256]]), [np.array([[40.0, 40.0]]), np.zeros((0, 2))], sampling
+    )
+    assert again.equals(index)
+
+
+def test_rotated_positives_have_no_blank_corners() -> None:
+    rng = np.random.default_rng(0)
+    image = rng.integers(1, 256, size=(300, 300, 3), dtype=np.uint8)  # no zero pixel anywhere
+    for angle in (17.0, 45.0, 133.0, 290.0):
+        for cy, cx in ((150, 150), (70, 70), (20, 280)):  # middle, near and across the border
+            patch = extract_patch(image, cy, cx, angle)
+            assert patch.shape == (128, 128, 3)
+            assert (patch > 0).all(), (angle, cy, cx)
+    # the rotation is a rotation of the image around the patch centre: 90 degrees is exact
+    plain = extract_patch(image, 150, 150, 0.0)
+    turned = extract_patch(image, 150, 150, 90.0)
+    assert any(np.array_equal(turned, np.rot90(plain, k)) for k in (1, 3))
+    # unrotated patches are the plain slice
+    assert np.array_equal(plain, image[86:214, 86:214])
+
+
+# ---- Eq. 5 / Eq. 6: losses --------------------------------------------------------------------------
+
+
+def _p_t(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return logits.softmax(-1)[torch.arange(len(targets)), targets]
+
+
+def test_focal_loss_matches_eq5() -> None:
+    logits = torch.tensor([[2.0, -1.0], [0.3, 0.1], [-3.0, 4.0], [1.0, 1.0]])
+    targets = torch.tensor([0, 1, 0, 1])
+    p_t = _p_t(logits, targets)
+    expected = (-5.0 * (1 - p_t) ** 2 * torch.log(p_t)).mean()
+    assert FocalLoss(alpha=5.0, gamma=2.0)(logits, targets) == pytest.approx(float(expected))
+    # alpha 1, gamma 0 is cross-entropy (the paper's "SM")
+    assert FocalLoss(alpha=1.0, gamma=0.0)(logits, targets) == pytest.approx(
+        float(F.cross_entropy(logits, targets))
+    )
+
+
+def test_semi_focal_loss_matches_eq6_and_clamps() -> None:
+    logits = torch.tensor([[2.0, -1.0], [0.3, 0.1], [-3.0, 4.0], [1.0, 1.0], [5.0, -5.0]])
+    targets = torch.tensor([0, 1, 0, 1, 1])
+    p_t = _p_t(logits, targets)
+    factor = torch.minimum((1 - p_t) ** 2, torch.tensor(0.6))
+    expected = (-5.0 * torch.log(p_t) * factor).mean()
+    loss = SemiFocalLoss(alpha=5.0, gamma=2.0, threshold=0.6)
+    assert loss(logits, targets) == pytest.approx(float(expected), rel=1e-5)
+    # the clamp: a confidently wrong sample (p_t ~ 0) weighs 0.6 * alpha * -log p_t, not alpha * -log p_t
+    wrong = torch.tensor([[6.0, -6.0]]), torch.tensor([1])
+    p = float(_p_t(*wrong)[0])
+    assert loss(*wrong) == pytest.approx(-5.0 * 0.6 * math.log(p), rel=1e-5)
+    assert FocalLoss(5.0, 2.0)(*wrong) == pytest.approx(-5.0 * (1 - p) ** 2 * math.log(p), rel=1e-5)
+    # where (1 - p_t)^2 < 0.6 both losses agree
+    easy = torch.tensor([[3.0, 0.0]]), torch.tensor([0])
+    assert loss(*easy) == pytest.approx(float(FocalLoss(5.0, 2.0)(*easy)))
+
+
+# ---- matching, pooled F1, NMS -----------------------------------------------------------------------
+
+
+def test_match_detections_is_a_maximum_matching() -> None:
+    # greedy (closest pair first) matches P1-G1 (20 px) and then P2 cannot reach G2 (70 px): 1 TP.
+    # The maximum matching pairs P1-G2 (29 px) and P2-G1 (21 px): 2 TP.
+    pred = np.array([[0.0, 0.0], [0.0, 41.0]])
+    gt = np.array([[0.0, 20.0], [0.0, -29.0]])
+    assert match_detections(pred, gt, radius=30.0) == (2, 0, 0)
+    assert match_detections(pred, gt[:1], radius=30.0) == (1, 1, 0)
+    assert match_detections(np.zeros((0, 2)), gt, radius=30.0) == (0, 0, 2)
+    assert match_detections(pred, np.zeros((0, 2)), radius=30.0) == (0, 2, 0)
+    assert match_detections(np.array([[0.0, 30.0]]), np.array([[0.0, 0.0]])) == (1, 0, 0)
+    assert match_detections(np.array([[0.0, 30.5]]), np.array([[0.0, 0.0]])) == (0, 1, 1)
+
+
+def test_amida13_rule_counts_detections_in_one_circle_once() -> None:
+    pred = np.array([[0.0, 5.0], [0.0, -5.0], [100.0, 100.0]])
+    gt = np.array([[0.0, 0.0], [50.0, 50.0]])
+    assert match_detections(pred, gt, 30.0, "one_to_one") == (1, 2, 1)
+    assert match_detections(pred, gt, 30.0, "amida13") == (1, 1, 1)
+
+
+def test_detection_f1_pools_counts_over_images() -> None:
+    metric = DetectionF1()
+    metric.update(2, 0, 0)
+    metric.update(0, 3, 1)
+    out = metric.compute()
+    assert (float(out["tp"]), float(out["fp"]), float(out["fn"])) == (2, 3, 1)
+    assert float(out["precision"]) == pytest.approx(2 / 5)
+    assert float(out["recall"]) == pytest.approx(2 / 3)
+    assert float(out["f1"]) == pytest.approx(2 * 2 / (2 * 2 + 3 + 1))
+
+
+def test_nms_keeps_the_best_of_overlapping_windows() -> None:
+    points = torch.tensor([[100.0, 100.0], [100.0, 116.0], [300.0, 300.0], [116.0, 100.0]])
+    scores = torch.tensor([0.90, 0.95, 0.88, 0.50])
+    kept = nms_points(points, scores, box=64, iou=0.1)
+    assert kept.tolist() == [1, 2]
+    # boxes 64 px apart do not overlap: all kept
+    apart = torch.tensor([[0.0, 0.0], [0.0, 64.0], [64.0, 0.0]])
+    assert sorted(nms_points(apart, torch.ones(3), 64, 0.1).tolist()) == [0, 1, 2]
+    assert len(nms_points(torch.zeros(0, 2), torch.zeros(0), 64, 0.1)) == 0
+
+
+# ---- sliding windows --------------------------------------------------------------------------------
+
+
+def test_window_views_map_back_to_hpf_coordinates() -> None:
+    rng = np.random.default_rng(1)
+    hpf = rng.integers(0, 256, size=(320, 384, 3), dtype=np.uint8)
+    image = torch.from_numpy(hpf).permute(2, 0, 1)
+    views = window_views(image, stride=32)
+    assert views.grid == ((320 - 128) // 32 + 1, (384 - 128) // 32 + 1)
+    flat = torch.tensor([0, 5, len(views) - 1, 13])
+    context, centre = views.batch(flat)
+    centres = views.centres(flat)
+    for k, (row, col) in enumerate(centres.tolist()):
+        patch = torch.from_numpy(extract_patch(hpf, row, col)).permute(2, 0, 1)[None]
+        want_context, want_centre = two_views(patch)
+        torch.testing.assert_close(context[k : k + 1], want_context)
+        torch.testing.assert_close(centre[k : k + 1], want_centre)
+    # window (i, j) has its origin at (i, j) * stride and its centre 64 px further
+    nx = views.grid[1]
+    assert centres[1].tolist() == [64.0, 64.0 + 5 * 32]
+    assert centres[3].tolist() == [64.0 + 32 * (13 // nx), 64.0 + 32 * (13 % nx)]
+    with pytest.raises(ValueError, match="even"):
+        window_views(image, stride=31)
+
+
+def test_cascade_refines_only_what_screening_passed() -> None:
+    class Marked(torch.nn.Module):
+        """p(mitosis) high where the centre view is bright; counts the windows it sees."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen = 0
+
+        def forward_views(self, context: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
+            self.seen += len(centre)
+            # views arrive scaled to [-1, 1]; the logit grows with the share of bright pixels
+            bright = (centre.float() > 0.5).float().mean(dim=(1, 2, 3))
+            return torch.stack([torch.zeros_like(bright), 100 * bright], dim=1)
+
+    hpf = torch.full((3, 384, 384), 10, dtype=torch.uint8)
+    hpf[:, 180:200, 180:200] = 255  # one bright spot around (190, 190)
+    screening, refined = Marked(), Marked()
+    detector = CascadeDetector(refined, screening, stride=32, nms_box=64, nms_iou=0.1)
+    points, scores = detector.detect(hpf)
+    assert screening.seen == len(window_views(hpf, 32)) == 81
+    # only the 3 x 3 windows whose centre view (origin + 32 ... + 96) holds part of the spot
+    assert refined.seen == 9
+    assert len(points) >= 1 and torch.all(scores > 0.85)
+    # the best window (its centre view holds the whole spot) is at (192, 192); NMS removed its neighbours
+    assert points.tolist() == [[192.0, 192.0]]
+
+
+def test_chsnet_forward_shapes_and_views() -> None:
+    for views in ("stack", "siamese"):
+        net = CHSNet(width=0.0625, input_views=views).eval()
+        patches = torch.randint(0, 256, (3, 3, 128, 128), dtype=torch.uint8)
+        logits = net(patches)
+        assert logits.shape == (3, 2)
+        torch.testing.assert_close(net.forward_views(*two_views(patches)), logits)
+    # Table 1's widths: five stages fused, 128 + 256 + 512 + 1024 + 2048 features
+    assert CHSNet(width=1.0).extractor.out_features == 3968
+
+
+# ---- 1:1:3 sampler, schedule ------------------------------------------------------------------------
+
+
+def test_ratio_sampler_draws_exact_proportions() -> None:
+    groups = [np.arange(0, 100), np.arange(100, 120), np.arange(120, 130)]
+    sampler = RatioSampler(groups, [1, 1, 3], num_samples=500, seed=3)
+    seen = np.zeros(130, dtype=int)
+    for epoch in range(2):
+        sampler.set_epoch(epoch)
+        drawn = np.array(list(iter(sampler)))
+        assert len(drawn) == len(sampler) == 500
+        per_group = [np.isin(drawn, g).sum() for g in groups]
+        assert per_group == [100, 100, 300]
+        np.add.at(seen, drawn, 1)
+    # small groups are cycled evenly: every positive 10 times, every false positive 60 times
+    assert (seen[100:120] == 10).all() and (seen[120:130] == 60).all()
+    # the same (seed, epoch) gives the same order in every process
+    again = RatioSampler(groups, [1, 1, 3], num_samples=500, seed=3)
+    assert np.array_equal(again.indices(1), sampler.indices(1))
+    assert allocate(7, [1, 1, 3]).tolist() == [1, 2, 4] or allocate(7, [1, 1, 3]).sum() == 7
+
+
+def test_piecewise_schedule_fractional_milestones() -> None:
+    milestones, values = [2.5, 6, 9.5, 13], [0.1, 0.01, 0.001, 1e-4, 3e-5]
+    assert piecewise_constant(0.0, milestones, values) == 0.1
+    assert piecewise_constant(2.49, milestones, values) == 0.1
+    assert piecewise_constant(2.5, milestones, values) == 0.01
+    assert piecewise_constant(9.5, milestones, values) == 1e-4
+    assert piecewise_constant(14.9, milestones, values) == 3e-5
+
+
+# ---- hard-example mining ----------------------------------------------------------------------------
+
+
+class _Scored(Dataset):
+    def __init__(self, labels: np.ndarray, probs: np.ndarray) -> None:
+        self.labels, self.probs = labels, probs
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"index": i + 1000, "label": int(self.labels[i]), "prob": float(self.probs[i])}
+
+
+class _Echo(pl.LightningModule):
+    """Predicts the probability stored in the batch (stands in for the screening network)."""
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        return {"index": batch["index"], "label": batch["label"], "prob": batch["prob"]}
+
+
+def test_mining_keeps_exactly_the_negatives_above_threshold(tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    labels = (rng.random(200) < 0.2).astype(int)
+    probs = rng.random(200)
+    probs[:4] = 0.2  # exactly at the threshold: not a false positive
+    labels[:4] = 0
+    callback = HardExampleMining(tmp_path / "mining", threshold=0.2, index_fingerprint="abc")
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        logger=False,
+        callbacks=[callback],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    loader = DataLoader(_Scored(labels, probs), batch_size=32)
+    trainer.predict(_Echo(), dataloaders=loader, return_predictions=False)
+    expected = np.flatnonzero((labels == 0) & (probs > 0.2)) + 1000
+    assert callback.result is not None
+    assert np.array_equal(callback.result.false_positives, expected)
+    report = callback.result.report
+    assert report["fp"] == len(expected)
+    assert report["tp"] == int(((labels == 1) & (probs > 0.2)).sum())
+    assert report["fn"] == int(((labels == 1) & (probs <= 0.2)).sum())
+    assert report["recall_neg"] == pytest.approx(1 - len(expected) / (labels == 0).sum())
+    # written, and read back identically (what a resumed pipeline reuses)
+    loaded = load_mining(tmp_path / "mining")
+    assert loaded is not None and np.array_equal(loaded.false_positives, expected)
+    assert loaded.report["index_fingerprint"] == "abc"
+    assert "| FP | TP | FN |" in (tmp_path / "mining" / "report.md").read_text()
+
+
+def test_cv_summary_pools_detection_counts_over_folds() -> None:
+    from histo_lightning.reporting.cv_summary import pooled_counts
+
+    values = {
+        "test/tp": [2.0, 0.0],
+        "test/fp": [0.0, 3.0],
+        "test/fn": [0.0, 1.0],
+        "test/f1": [1.0, 0.0],
+    }
+    pooled = pooled_counts(values)
+    assert (pooled["test/tp"], pooled["test/fp"], pooled["test/fn"]) == (2.0, 3.0, 1.0)
+    assert pooled["test/f1"] == pytest.approx(4 / 8)  # not the mean of the fold F1s (0.5 here too)
+    assert pooled["test/precision"] == pytest.approx(0.4)
+    assert pooled_counts({"val/acc": [0.5]}) == {}
