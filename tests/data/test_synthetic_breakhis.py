@@ -155,7 +155,7 @@ def test_atomic_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_ensure_generates_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     small = replace(TINY, n_benign_patients=1, n_malignant_patients=1, magnifications=(40, 400))
-    with caplog.at_level(logging.INFO, logger=synth.__name__):
+    with caplog.at_level(logging.INFO, logger="histo_lightning.data.synthetic"):
         root = ensure_synthetic_breakhis(tmp_path, small, progress=False)
         assert root == tmp_path / "synthetic" / f"breakhis-{small.fingerprint()}"
         mtimes = {p: os.stat(p).st_mtime_ns for p in root.rglob("*")}

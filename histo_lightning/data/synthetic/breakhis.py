@@ -21,19 +21,15 @@ stain matrix. None of this is real data: results on it say nothing about real pe
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import logging
 import re
-import shutil
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 
 import cv2
 import numpy as np
-from filelock import FileLock
 from joblib import Parallel, delayed
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -58,6 +54,13 @@ from histo_lightning.data.synthetic.he_render import (
     smooth_noise,
     soften,
     voronoi_walls,
+)
+from histo_lightning.data.synthetic.tree import (
+    MARKER_FILE,
+    config_fingerprint,
+    ensure_tree,
+    marker_matches,
+    write_tree_atomically,
 )
 
 log = logging.getLogger(__name__)
@@ -99,7 +102,6 @@ PATIENT_DIR_RE = re.compile(
 
 DATASET_DIR = PurePosixPath("BreaKHis_v1/histology_slides/breast")
 FOLDS_FILE = "Folds.csv"
-MARKER_FILE = "SYNTHETIC_DATA.json"
 VALID_MAGNIFICATIONS = (40, 100, 200, 400)
 PX_PER_UM_AT_40X = 0.4  # 700 px at 40x span 1.75 mm; 10x more pixels per micron at 400x
 
@@ -164,11 +166,7 @@ class SyntheticBreakHisConfig:
 
     def fingerprint(self) -> str:
         """Short stable hex hash of all fields and :data:`GENERATOR_VERSION`."""
-        payload = json.dumps(
-            {"config": self.to_json_dict(), "generator_version": GENERATOR_VERSION},
-            sort_keys=True,
-        )
-        return hashlib.sha256(payload.encode()).hexdigest()[:12]
+        return config_fingerprint(self.to_json_dict(), GENERATOR_VERSION)
 
 
 @dataclass(frozen=True)
@@ -1037,12 +1035,15 @@ def generate_breakhis(
     Raises:
         FileExistsError: ``root`` already exists.
     """
-    root = Path(root)
-    if root.exists():
-        raise FileExistsError(f"{root} already exists; refusing to overwrite it")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.with_name(f"{root.name}.tmp-{uuid.uuid4().hex}")
-    try:
+    return write_tree_atomically(Path(root), _tree_writer(config, workers, progress))
+
+
+def _tree_writer(
+    config: SyntheticBreakHisConfig, workers: int, progress: bool
+) -> Callable[[Path], None]:
+    """The function that writes the whole tree into a (temporary) folder."""
+
+    def write(tmp: Path) -> None:
         patients = build_patients(config)
         for p in patients:
             for mag, _ in p.image_counts:
@@ -1053,36 +1054,13 @@ def generate_breakhis(
             _write_folds_csv(tmp / FOLDS_FILE, patients, config)
         marker = json.dumps(_marker(config, patients, len(tasks)), indent=2)
         (tmp / MARKER_FILE).write_text(marker + "\n")
-        _publish(tmp, root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return root
 
-
-def _publish(tmp: Path, root: Path) -> None:
-    """Rename the finished temporary tree to ``root``; FileExistsError if someone beat us."""
-    try:
-        tmp.rename(root)
-    except OSError as err:
-        if root.exists():
-            raise FileExistsError(
-                f"{root} appeared while generating; refusing to overwrite"
-            ) from err
-        raise
+    return write
 
 
 def _is_complete(root: Path, config: SyntheticBreakHisConfig) -> bool:
     """Whether ``root`` holds a finished tree generated from ``config``."""
-    try:
-        marker = json.loads((root / MARKER_FILE).read_text())
-    except (OSError, ValueError):
-        return False
-    return (
-        marker.get("synthetic") is True
-        and marker.get("generator_version") == GENERATOR_VERSION
-        and marker.get("config") == config.to_json_dict()
-    )
+    return marker_matches(root, GENERATOR_VERSION, config.to_json_dict())
 
 
 def ensure_synthetic_breakhis(
@@ -1101,19 +1079,9 @@ def ensure_synthetic_breakhis(
         FileExistsError: ``root`` exists but is not a tree generated from ``config``.
     """
     root = Path(data_dir) / "synthetic" / f"breakhis-{config.fingerprint()}"
-    if _is_complete(root, config):
-        log.info("Reusing SYNTHETIC BreakHis (not real data) at %s", root)
-        return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(f"{root}.lock"):
-        if _is_complete(root, config):
-            log.info("Reusing SYNTHETIC BreakHis (not real data) at %s", root)
-            return root
-        if root.exists():
-            raise FileExistsError(
-                f"{root} exists but is not a synthetic BreakHis tree for this config; remove it"
-            )
-        for stale in root.parent.glob(f"{root.name}.tmp-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        log.info("Generating SYNTHETIC BreakHis (not real data) at %s", root)
-        return generate_breakhis(root, config, workers=workers, progress=progress)
+    return ensure_tree(
+        root,
+        lambda r: _is_complete(r, config),
+        _tree_writer(config, workers, progress),
+        "SYNTHETIC BreakHis",
+    )

@@ -26,18 +26,15 @@ own stain. None of this is real data: results on it say nothing about real perfo
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import shutil
-import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 import tifffile
-from filelock import FileLock
 from joblib import Parallel, delayed
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -59,11 +56,17 @@ from histo_lightning.data.synthetic.he_render import (
     soften,
     voronoi_walls,
 )
+from histo_lightning.data.synthetic.tree import (
+    MARKER_FILE,
+    config_fingerprint,
+    ensure_tree,
+    marker_matches,
+    write_tree_atomically,
+)
 
 log = logging.getLogger(__name__)
 
 GENERATOR_VERSION = 1
-MARKER_FILE = "SYNTHETIC_DATA.json"
 TILE = 256
 PYRAMID_DOWNSAMPLES = (1, 4, 16)
 _SLIDE_TAG, _COHORT_TAG = 0x511D, 0xC0F7
@@ -106,10 +109,7 @@ class SyntheticPaipConfig:
         return json.loads(json.dumps(asdict(self)))
 
     def fingerprint(self) -> str:
-        payload = json.dumps(
-            {"config": self.to_json_dict(), "generator_version": GENERATOR_VERSION}, sort_keys=True
-        )
-        return hashlib.sha256(payload.encode()).hexdigest()[:12]
+        return config_fingerprint(self.to_json_dict(), GENERATOR_VERSION)
 
 
 @dataclass(frozen=True)
@@ -447,11 +447,13 @@ def generate_paip(
     root: str | Path, config: SyntheticPaipConfig, workers: int = 1, progress: bool = True
 ) -> Path:
     """Write a synthetic PAIP tree at ``root`` atomically (temporary sibling renamed at the end)."""
-    root = Path(root)
-    if root.exists():
-        raise FileExistsError(f"{root} already exists; refusing to overwrite it")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.with_name(f"{root.name}.tmp-{uuid.uuid4().hex}")
+    return write_tree_atomically(Path(root), _tree_writer(config, workers, progress))
+
+
+def _tree_writer(
+    config: SyntheticPaipConfig, workers: int, progress: bool
+) -> Callable[[Path], None]:
+    """The function that writes the whole tree into a (temporary) folder."""
     slides = build_slides(config)
     columns = (
         TextColumn("{task.description}"),
@@ -459,8 +461,8 @@ def generate_paip(
         MofNCompleteColumn(),
         TimeElapsedColumn(),
     )
-    try:
-        tmp.mkdir()
+
+    def write(tmp: Path) -> None:
         with Progress(*columns, disable=not progress) as bar:
             job = bar.add_task("Synthetic PAIP slides", total=len(slides))
             if workers <= 1:
@@ -482,23 +484,8 @@ def generate_paip(
             "Numbers on it say nothing about real performance.",
         }
         (tmp / MARKER_FILE).write_text(json.dumps(marker, indent=2) + "\n")
-        tmp.rename(root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return root
 
-
-def _is_complete(root: Path, config: SyntheticPaipConfig) -> bool:
-    try:
-        marker = json.loads((root / MARKER_FILE).read_text())
-    except (OSError, ValueError):
-        return False
-    return (
-        marker.get("synthetic") is True
-        and marker.get("generator_version") == GENERATOR_VERSION
-        and marker.get("config") == config.to_json_dict()
-    )
+    return write
 
 
 def ensure_synthetic_paip(
@@ -507,18 +494,9 @@ def ensure_synthetic_paip(
     """The synthetic PAIP tree for ``config`` under ``data_dir/synthetic/paip2019-<fingerprint>``,
     generated once (under a file lock, so concurrent runs build it once)."""
     root = Path(data_dir) / "synthetic" / f"paip2019-{config.fingerprint()}"
-    if _is_complete(root, config):
-        log.info("Reusing SYNTHETIC PAIP 2019 (not real data) at %s", root)
-        return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(f"{root}.lock"):
-        if _is_complete(root, config):
-            return root
-        if root.exists():
-            raise FileExistsError(
-                f"{root} exists but is not a synthetic PAIP tree for this config; remove it"
-            )
-        for stale in root.parent.glob(f"{root.name}.tmp-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        log.info("Generating SYNTHETIC PAIP 2019 (not real data) at %s", root)
-        return generate_paip(root, config, workers=workers, progress=progress)
+    return ensure_tree(
+        root,
+        lambda r: marker_matches(r, GENERATOR_VERSION, config.to_json_dict()),
+        _tree_writer(config, workers, progress),
+        "SYNTHETIC PAIP 2019",
+    )

@@ -8,6 +8,7 @@ others reuse it; leftovers of crashed runs are removed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -20,6 +21,12 @@ from filelock import FileLock
 log = logging.getLogger(__name__)
 
 MARKER_FILE = "SYNTHETIC_DATA.json"
+
+
+def config_fingerprint(config: dict, generator_version: int) -> str:
+    """Short stable hex hash of a generator's JSON config and version (names the tree's folder)."""
+    payload = json.dumps({"config": config, "generator_version": generator_version}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
 def marker_matches(root: Path, generator_version: int, config: dict) -> bool:
@@ -90,4 +97,10 @@ def ensure_tree(
         return write_tree_atomically(root, write)
 
 
-__all__ = ["MARKER_FILE", "ensure_tree", "marker_matches", "write_tree_atomically"]
+__all__ = [
+    "MARKER_FILE",
+    "config_fingerprint",
+    "ensure_tree",
+    "marker_matches",
+    "write_tree_atomically",
+]

@@ -30,7 +30,6 @@ numbers on it say nothing about the method's real performance.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import logging
 from dataclasses import asdict, dataclass, replace
@@ -56,6 +55,7 @@ from histo_lightning.data.synthetic.he_render import (
 )
 from histo_lightning.data.synthetic.tree import (
     MARKER_FILE,
+    config_fingerprint,
     ensure_tree,
     marker_matches,
     write_tree_atomically,
@@ -156,10 +156,7 @@ class SyntheticTupacConfig:
         return json.loads(json.dumps(asdict(self)))
 
     def fingerprint(self) -> str:
-        payload = json.dumps(
-            {"config": self.to_json_dict(), "generator_version": GENERATOR_VERSION}, sort_keys=True
-        )
-        return hashlib.sha256(payload.encode()).hexdigest()[:12]
+        return config_fingerprint(self.to_json_dict(), GENERATOR_VERSION)
 
 
 # --------------------------------------------------------------------------------------------
