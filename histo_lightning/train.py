@@ -35,6 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import WandbLogger
 
 from histo_lightning.errors import ConfigError, HistoError
+from histo_lightning.utils.checkpoints import check_checkpoint
 from histo_lightning.utils.hydra_ddp import prepare_ddp_subprocess_launch
 from histo_lightning.utils.instantiate import build, instantiate_callbacks, instantiate_loggers
 from histo_lightning.utils.io import write_json_atomic, write_text_atomic
@@ -44,18 +45,17 @@ log = get_logger(__name__)
 
 
 def resume_checkpoint(cfg: DictConfig, output_dir: Path) -> str | None:
-    """The checkpoint ``fit`` starts from: ``ckpt_path`` if given, else ``last.ckpt`` when ``resume=true``."""
+    """The checkpoint ``fit`` starts from: ``ckpt_path`` if given, else ``last.ckpt`` when ``resume=true``.
+
+    Either is checked first (:func:`~histo_lightning.utils.checkpoints.check_checkpoint`): it must exist
+    and load with ``torch.load(weights_only=True)``.
+    """
     if cfg.get("ckpt_path"):
-        path = Path(cfg.ckpt_path)
-        if not path.is_file():
-            raise ConfigError(
-                f"ckpt_path={cfg.ckpt_path} does not exist (expected a Lightning .ckpt file)"
-            )
-        return str(path)
+        return check_checkpoint(cfg.ckpt_path)
     last = output_dir / "checkpoints" / "last.ckpt"
     if cfg.get("resume", True) and last.is_file():
         log.info(f"Resuming from {last}")
-        return str(last)
+        return check_checkpoint(last, key=f"resume (rerun of {output_dir})")
     return None
 
 
@@ -175,6 +175,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     seed_run(cfg)
     if not cfg.get("train") and not cfg.get("ckpt_path") and cfg.get("test"):
         raise ConfigError("train=false needs ckpt_path=<checkpoint to evaluate>")
+    if cfg.get("ckpt_path"):
+        check_checkpoint(cfg.ckpt_path)  # before any data is read: exists, loads without pickle
 
     datamodule = build_datamodule(cfg)
     log.info(f"Model: {cfg.model._target_} with net {cfg.model.net._target_}")
@@ -191,7 +193,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     resumed_from = None
     if cfg.get("train"):
         resumed_from = resume_checkpoint(cfg, output_dir)
-        trainer.fit(model=model, datamodule=datamodule, ckpt_path=resumed_from, weights_only=False)
+        trainer.fit(model=model, datamodule=datamodule, ckpt_path=resumed_from, weights_only=True)
         metrics.update(scalars(trainer.callback_metrics))
 
     best = None
@@ -205,7 +207,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 )
         else:
             best = cfg.ckpt_path
-        trainer.test(model=model, datamodule=datamodule, ckpt_path=best, weights_only=False)
+        trainer.test(model=model, datamodule=datamodule, ckpt_path=best, weights_only=True)
         metrics.update(scalars(trainer.callback_metrics))
 
     if trainer.is_global_zero:

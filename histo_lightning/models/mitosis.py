@@ -79,7 +79,12 @@ class PatchClassifier(pl.LightningModule):
         monitor_mode: str = "max",
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(logger=False, ignore=["net", "loss"])
+        # plain data only, so that checkpoints load with torch.load(weights_only=True): the optimiser
+        # partial is an attribute, the schedule a plain dict
+        if schedule is not None:
+            schedule = {k: [float(v) for v in schedule[k]] for k in ("milestones", "values")}
+        self.save_hyperparameters(logger=False, ignore=["net", "loss", "optimizer"])
+        self.optimizer_factory = optimizer
         if schedule is not None:
             check_schedule(schedule["milestones"], schedule["values"])
         if monitor_mode not in ("max", "min"):
@@ -182,7 +187,7 @@ class PatchClassifier(pl.LightningModule):
 
     # ---- optimisation -----------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
-        optimizer = self.hparams.optimizer(params=self.net.parameters())
+        optimizer = self.optimizer_factory(params=self.net.parameters())
         schedule = self.hparams.schedule
         if schedule is None:
             return optimizer
