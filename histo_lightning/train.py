@@ -35,6 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import WandbLogger
 
 from histo_lightning.errors import ConfigError, HistoError
+from histo_lightning.utils.batchnorm import check_training_batch_size
 from histo_lightning.utils.checkpoints import check_checkpoint
 from histo_lightning.utils.hydra_ddp import prepare_ddp_subprocess_launch
 from histo_lightning.utils.instantiate import build, instantiate_callbacks, instantiate_loggers
@@ -181,6 +182,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule = build_datamodule(cfg)
     log.info(f"Model: {cfg.model._target_} with net {cfg.model.net._target_}")
     model = build(cfg.model)
+    if cfg.get("train"):
+        check_training_batch_size(model, getattr(datamodule, "batch_size", None))
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
     loggers = instantiate_loggers(cfg.get("logger"))
     prepare_ddp_subprocess_launch()

@@ -52,6 +52,7 @@ from histo_lightning.train import (
     seed_run,
     write_run_report,
 )
+from histo_lightning.utils.batchnorm import check_training_batch_size
 from histo_lightning.utils.checkpoints import check_checkpoint, load_state_dict
 from histo_lightning.utils.hydra_ddp import prepare_ddp_subprocess_launch
 from histo_lightning.utils.instantiate import build, instantiate_callbacks, instantiate_loggers
@@ -180,6 +181,7 @@ class Pipeline:
             raise ConfigError(
                 f"train=false but stage {stage} has not finished in {stage_dir}: nothing to evaluate"
             )
+        check_training_batch_size(module, self.datamodule.batch_size)
         has_val = len(self.datamodule.hpf_ids("val")) > 0
         checkpoint = self.checkpoint_callback(stage, stage_dir, has_val)
         trainer = self.trainer(
