@@ -157,6 +157,15 @@ def test_amida13_rule_counts_detections_in_one_circle_once() -> None:
     gt = np.array([[0.0, 0.0], [50.0, 50.0]])
     assert match_detections(pred, gt, 30.0, "one_to_one") == (1, 2, 1)
     assert match_detections(pred, gt, 30.0, "amida13") == (1, 1, 1)
+    # one detection between two close mitoses finds the nearer one only (TP + FN = ground truths)
+    between = np.array([[0.0, 22.0]])
+    pair = np.array([[0.0, 0.0], [0.0, 40.0]])
+    assert match_detections(between, pair, 30.0, "amida13") == (1, 0, 1)
+    # several detections in each of two circles: two TPs, no FP; the boundary (30 px) is inside
+    many = np.array([[0.0, -3.0], [0.0, 3.0], [0.0, 30.0], [0.0, 37.0], [0.0, 43.0], [0.0, 70.0]])
+    assert match_detections(many, pair, 30.0, "amida13") == (2, 0, 0)
+    assert match_detections(many, pair, 30.0, "one_to_one") == (2, 4, 0)
+    assert match_detections(np.array([[0.0, 70.5]]), pair, 30.0, "amida13") == (0, 1, 2)
 
 
 def test_detection_f1_pools_counts_over_images() -> None:

@@ -109,7 +109,8 @@ class CascadeDetector(pl.LightningModule):
         screening_threshold, refined_threshold: §4.3's 0.80 and 0.85.
         stride: window stride in pixels (even). batch_size: windows per forward pass.
         nms_box, nms_iou: NMS box side (px) and IoU threshold.
-        match_radius_px: match radius in pixels (7.5 µm). match_rule: ``one_to_one`` or ``amida13``.
+        match_radius_px: match radius in pixels (7.5 µm). match_rule: ``amida13`` (TUPAC16) or
+            ``one_to_one``.
     """
 
     def __init__(
@@ -123,7 +124,7 @@ class CascadeDetector(pl.LightningModule):
         nms_box: float = 64.0,
         nms_iou: float = 0.1,
         match_radius_px: float = 30.0,
-        match_rule: str = "one_to_one",
+        match_rule: str = "amida13",
     ) -> None:
         super().__init__()
         if match_rule not in MATCH_RULES:
