@@ -18,6 +18,24 @@ from pathlib import Path
 from typing import Any
 
 
+def _umask() -> int:
+    """This process's umask (read without changing it where /proc allows)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _usual_permissions(path: Path, directory: bool) -> None:
+    """Give a temporary file (0600) or folder (0700) the permissions ``open``/``mkdir`` would."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
 def fsync_file(path: str | Path) -> None:
     """Flush a closed file's data to disk."""
     fd = os.open(path, os.O_RDONLY)
@@ -64,6 +82,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(tmp_name)
     try:
+        _usual_permissions(tmp, directory=False)
         yield tmp
         fsync_file(tmp)
         os.replace(tmp, path)
@@ -103,6 +122,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
+        _usual_permissions(tmp, directory=True)
         yield tmp
         fsync_tree(tmp)
         try:
