@@ -31,6 +31,7 @@ from histo_lightning.data.splits import (
     subsets_for_fold,
 )
 from histo_lightning.errors import ConfigError, CorruptImageError
+from histo_lightning.utils.batchnorm import lone_last_batch
 from histo_lightning.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -302,19 +303,20 @@ class HistoDataModule(pl.LightningDataModule):
         if shuffle and subset in self.paired:
             # partners are drawn in the sampler, in the main process, every epoch (Lightning wraps it in a
             # DistributedSamplerWrapper under DDP and forwards set_epoch)
+            sampler = PairingSampler(
+                self.datasets[subset].labels,
+                self.active_pairing,
+                seed=self.pairing_seed,
+                balanced=self.pairing_balanced,
+            )
             return DataLoader(
                 self.paired[subset],
                 batch_size=self.batch_size,
-                sampler=PairingSampler(
-                    self.datasets[subset].labels,
-                    self.active_pairing,
-                    seed=self.pairing_seed,
-                    balanced=self.pairing_balanced,
-                ),
+                sampler=sampler,
                 num_workers=self.num_workers,
                 pin_memory=self.pin_memory,
                 persistent_workers=self.num_workers > 0,
-                drop_last=False,
+                drop_last=self._drop_lone_sample(len(sampler)),
             )
         dataset = self.paired.get(subset, self.datasets[subset])
         sampler = None
@@ -332,8 +334,13 @@ class HistoDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
-            drop_last=False,
+            drop_last=shuffle and self._drop_lone_sample(len(dataset)),
         )
+
+    def _drop_lone_sample(self, n_samples: int) -> bool:
+        """Drop a training batch of one sample (BatchNorm cannot train on it; utils/batchnorm.py)."""
+        world_size = self.trainer.world_size if self.trainer is not None else 1
+        return lone_last_batch(n_samples, self.batch_size, world_size)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -49,6 +49,7 @@ from histo_lightning.data.splits import (
 from histo_lightning.data.stain import build_normalizer
 from histo_lightning.data.tupac import scan_test_set, scan_tupac16
 from histo_lightning.errors import ConfigError, CorruptImageError, DatasetLayoutError
+from histo_lightning.utils.batchnorm import lone_last_batch
 from histo_lightning.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -414,7 +415,8 @@ class Tupac16DataModule(pl.LightningDataModule):
         assert self.images is not None and self.index is not None
         if self.hard_examples is None:
             dataset = PatchDataset(self.images, self.index, self.patch_rows("train"))
-            return self._loader(dataset, self.batch_size, shuffle=True, drop_last=False)
+            drop = self._drop_lone_sample(len(dataset))
+            return self._loader(dataset, self.batch_size, shuffle=True, drop_last=drop)
         _, ratios, epoch_samples, seed = self.hard_examples
         groups = self.refined_groups()
         rows = np.concatenate(groups)
@@ -427,7 +429,13 @@ class Tupac16DataModule(pl.LightningDataModule):
             epoch_samples = round(len(groups[anchor]) * sum(ratios) / ratios[anchor])
         sampler = RatioSampler(positions, ratios, int(epoch_samples), seed=seed)
         dataset = PatchDataset(self.images, self.index, rows)
-        return self._loader(dataset, self.batch_size, sampler=sampler, drop_last=False)
+        drop = self._drop_lone_sample(len(sampler))
+        return self._loader(dataset, self.batch_size, sampler=sampler, drop_last=drop)
+
+    def _drop_lone_sample(self, n_samples: int) -> bool:
+        """Drop a training batch of one sample (BatchNorm cannot train on it; utils/batchnorm.py)."""
+        world_size = self.trainer.world_size if self.trainer is not None else 1
+        return lone_last_batch(n_samples, self.batch_size, world_size)
 
     def val_dataloader(self) -> DataLoader:
         assert self.images is not None and self.index is not None

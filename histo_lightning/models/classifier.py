@@ -62,7 +62,8 @@ class ImageClassifier(pl.LightningModule):
         channels_last: bool = False,
     ) -> None:
         super().__init__()
-        # partials and modules stay out of the checkpoint (it must load with weights_only=True)
+        # plain data only, so that checkpoints load with torch.load(weights_only=True): the optimiser
+        # and scheduler partials are kept as attributes, not saved
         self.save_hyperparameters(
             logger=False, ignore=[*self.injected_modules, "optimizer", "scheduler"]
         )

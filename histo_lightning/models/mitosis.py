@@ -79,6 +79,10 @@ class PatchClassifier(pl.LightningModule):
         monitor_mode: str = "max",
     ) -> None:
         super().__init__()
+        # plain data only, so that checkpoints load with torch.load(weights_only=True): the optimiser
+        # partial is an attribute, the schedule a plain dict
+        if schedule is not None:
+            schedule = {k: [float(v) for v in schedule[k]] for k in ("milestones", "values")}
         self.save_hyperparameters(logger=False, ignore=["net", "loss", "optimizer"])
         self.optimizer_factory = optimizer
         if schedule is not None:

@@ -372,6 +372,10 @@ class PipelineRunner:
                 raise ConfigError(
                     f"pipeline.stages.{name}.kind={kind!r}: expected one of {sorted(STAGE_KINDS)}"
                 )
+        if self.cfg.get("ckpt_path"):
+            from histo_lightning.utils.checkpoints import check_checkpoint
+
+            check_checkpoint(self.cfg.ckpt_path)  # before any data is read
         for spec in self.pipeline.get("checks") or []:
             spec = dict(to_plain(spec))
             resolve_task(spec.pop("fn"))(self.cfg, **spec)

@@ -18,6 +18,8 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from histo_lightning.utils.io import fsync_tree
+
 log = logging.getLogger(__name__)
 
 MARKER_FILE = "SYNTHETIC_DATA.json"
@@ -56,6 +58,7 @@ def write_tree_atomically(root: Path, write: Callable[[Path], None]) -> Path:
     try:
         tmp.mkdir()
         write(tmp)
+        fsync_tree(tmp)
         try:
             tmp.rename(root)
         except OSError as err:
