@@ -26,12 +26,13 @@ import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
 
-from histo_lightning.callbacks.test_report import _gather, log_image
+from histo_lightning.callbacks.test_report import log_image
 from histo_lightning.data.tupac import write_challenge_csv, write_geojson
 from histo_lightning.metrics.detection import detection_scores, match_assignments
 from histo_lightning.models.cascade import CURVE_THRESHOLDS
 from histo_lightning.reporting.overlays import detection_overlay
 from histo_lightning.reporting.plots import precision_recall_figure, save_figure
+from histo_lightning.utils.distributed import gather_objects
 from histo_lightning.utils.io import atomic_path
 from histo_lightning.utils.logging import get_logger
 
@@ -89,7 +90,9 @@ class DetectionReport(pl.Callback):
         )
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        items = sorted((i for part in _gather(self._items) for i in part), key=lambda i: i["hpf"])
+        items = sorted(
+            (i for part in gather_objects(self._items) for i in part), key=lambda i: i["hpf"]
+        )
         if not trainer.is_global_zero or not items:
             return
         datamodule = trainer.datamodule

@@ -17,23 +17,15 @@ import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
 import torch
-import torch.distributed as dist
 from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 from sklearn.metrics import confusion_matrix
 
 from histo_lightning.reporting.plots import confusion_figure, roc_figure, save_figure
+from histo_lightning.utils.distributed import gather_objects
 from histo_lightning.utils.io import atomic_path, write_text_atomic
 from histo_lightning.utils.logging import get_logger
 
 log = get_logger(__name__)
-
-
-def _gather(obj: Any) -> list[Any]:
-    if not (dist.is_available() and dist.is_initialized()):
-        return [obj]
-    gathered: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, obj)
-    return gathered
 
 
 def log_image(trainer: pl.Trainer, key: str, path: Path) -> None:
@@ -80,7 +72,7 @@ class TestReport(pl.Callback):
             if self._index
             else (np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32))
         )
-        parts = [p for p in _gather(local) if len(p[0])]
+        parts = [p for p in gather_objects(local) if len(p[0])]
         if not trainer.is_global_zero or not parts:
             return
         index = np.concatenate([p[0] for p in parts])
