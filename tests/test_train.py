@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from omegaconf import open_dict
 
 from histo_lightning.errors import ConfigError, CorruptImageError
@@ -46,6 +47,8 @@ def test_smoke_run_writes_metrics_and_report(make_cfg) -> None:
         assert (out / "02_test" / name).stat().st_size > 0
     assert (out / "01_fit" / "checkpoints" / "last.ckpt").is_file()
     assert info["stages"]["fit"]["status"] == "ran" and info["stages"]["test"]["status"] == "ran"
+    for checkpoint in (out / "01_fit" / "checkpoints").glob("*.ckpt"):  # nothing in it needs pickle
+        assert "monitor_best" in torch.load(checkpoint, weights_only=True)
 
 
 def test_evaluate_a_checkpoint_without_training(make_cfg) -> None:

@@ -43,6 +43,8 @@ def test_smse_breakhis_triplets_end_to_end(make_cfg) -> None:
     assert len(embeddings["test_label"]) == len(embeddings["test_embedding"]) > 0
     history = next(out.rglob("metrics.csv")).read_text()
     assert "train/embed_loss" in history and "train/cls_loss" in history
+    checkpoint = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)  # no pickle
+    assert "embedding_loss" not in checkpoint["hyper_parameters"]
 
 
 @pytest.mark.parametrize(
