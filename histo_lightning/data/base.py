@@ -396,6 +396,7 @@ class BaseDataModule(pl.LightningDataModule):
             "synthetic": self.is_synthetic,
             "fold": self.fold,
             "split": self.split_spec.__dict__,
+            "fingerprint": self.fingerprint() if self.split is not None else None,
             "skipped_images": [b.path for b in self.skipped],
         }
 
