@@ -175,7 +175,15 @@ def test_table_layouts_from_sweeps(tmp_path: Path) -> None:
             _fake_job(sweep, fold - 1, fold, _config(kind), _metrics(rr))
         sweeps.append(sweep)
     tables_main(
-        [*map(str, sweeps), "--layout", "smse.table5", "--layout", "smse.table7", "--out", str(tmp_path)]
+        [
+            *map(str, sweeps),
+            "--layout",
+            "smse.table5",
+            "--layout",
+            "smse.table7",
+            "--out",
+            str(tmp_path),
+        ]
     )
     written = json.loads((tmp_path / "smse_tables.json").read_text())
     table5, table7 = written["tables"]
