@@ -27,12 +27,11 @@ import pandas as pd
 import pytorch_lightning as pl
 
 from histo_lightning.callbacks.collect import TestOutputCollector
-from histo_lightning.callbacks.test_report import log_image
 from histo_lightning.data.tupac16 import write_challenge_csv, write_geojson
 from histo_lightning.metrics.detection import detection_scores, match_assignments
 from histo_lightning.models.chsnet_detector import CURVE_THRESHOLDS
 from histo_lightning.reporting.overlays import detection_overlay
-from histo_lightning.reporting.plots import precision_recall_figure, save_figure
+from histo_lightning.reporting.plots import log_image, precision_recall_figure, save_figure
 from histo_lightning.utils.io import atomic_path
 from histo_lightning.utils.logging import get_logger
 
@@ -162,7 +161,7 @@ class DetectionReport(TestOutputCollector):
             title=f"P, R, F1 over the refined threshold{suffix}",
         )
         path = save_figure(figure, out / "plots" / "pr_curve.png")
-        log_image(trainer, "test/pr_curve", path)
+        log_image(trainer.loggers, "test/pr_curve", path, trainer.global_step)
 
     def _write_overlays(
         self, trainer: pl.Trainer, out: Path, items: list[dict], datamodule: Any
@@ -188,7 +187,12 @@ class DetectionReport(TestOutputCollector):
             with atomic_path(path) as tmp:
                 tmp.write_bytes(cv2.imencode(".png", overlay[..., ::-1])[1].tobytes())
             if rank < self.max_logged_overlays:
-                log_image(trainer, f"test/overlay_{item['case']}_{item['name']}", path)
+                log_image(
+                    trainer.loggers,
+                    f"test/overlay_{item['case']}_{item['name']}",
+                    path,
+                    trainer.global_step,
+                )
 
 
 __all__ = ["DetectionReport"]
