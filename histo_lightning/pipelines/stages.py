@@ -45,10 +45,12 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
 from histo_lightning.callbacks.feature_writer import FeatureCacheWriter
-from histo_lightning.data.feature_cache import FeatureCache, default_cache_dir, manifest_digest
+from histo_lightning.data.base import transform_description
+from histo_lightning.data.feature_cache import FeatureCache, default_cache_dir
 from histo_lightning.errors import ConfigError
 from histo_lightning.utils.batchnorm import check_training_batch_size
 from histo_lightning.utils.checkpoints import check_checkpoint, load_state_dict
+from histo_lightning.utils.fingerprint import frame_digest
 from histo_lightning.utils.instantiate import build
 from histo_lightning.utils.logging import get_logger
 
@@ -255,19 +257,6 @@ def _collate(dataset: Any) -> Any:
     return getattr(dataset, "collate_fn", None) or default_collate
 
 
-def describe_transform(dataset: Any) -> Any:
-    """A JSON-able description of a dataset's transform (albumentations' own serialisation when it has one)."""
-    transform = getattr(dataset, "transform", None)
-    if transform is None:
-        return None
-    try:
-        import albumentations as A
-
-        return A.to_dict(transform)
-    except Exception:  # not an albumentations pipeline, or one that cannot be serialised
-        return repr(transform)
-
-
 class PredictStage(Stage):
     kind = "predict"
 
@@ -335,8 +324,8 @@ class PredictStage(Stage):
             "data": {
                 "dataset": ctx.datamodule.name,
                 "subset": subset,
-                "samples": manifest_digest(manifest),
-                "transform": describe_transform(dataset),
+                "samples": frame_digest(manifest),
+                "transform": transform_description(getattr(dataset, "transform", None)),
             },
             "output_key": key,
             "code_version": FEATURE_CODE_VERSION,
