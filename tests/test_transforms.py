@@ -9,7 +9,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from histo_lightning.data.transforms import main_process_seed, seed_transforms, worker_init
+from histo_lightning.data.transforms import seed_transforms, worker_init
 
 
 class Noise(Dataset):
@@ -27,7 +27,7 @@ class Noise(Dataset):
 def _epoch(workers: int, seed: int) -> torch.Tensor:
     pl.seed_everything(seed, workers=True)
     dataset = Noise()
-    seed_transforms(dataset, main_process_seed())
+    seed_transforms(dataset)
     loader = DataLoader(dataset, batch_size=4, num_workers=workers, worker_init_fn=worker_init)
     return torch.cat(list(loader))
 
@@ -49,6 +49,9 @@ def test_seed_transforms_reaches_wrapped_datasets() -> None:
 
     inner = Noise()
     assert seed_transforms(Wrapper(Wrapper(inner)), 7) == 1
+    state = torch.get_rng_state()
+    assert seed_transforms(Wrapper(None)) == 0
+    assert torch.equal(state, torch.get_rng_state())  # nothing to seed: no draw
     first = inner.transform(image=inner.image)["image"]
     seed_transforms(Wrapper(inner), 7)
     assert np.array_equal(first, inner.transform(image=inner.image)["image"])

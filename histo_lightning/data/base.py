@@ -48,7 +48,7 @@ from histo_lightning.data.splits import (
     load_or_create_split,
     subsets_for_fold,
 )
-from histo_lightning.data.transforms import main_process_seed, seed_transforms, worker_init
+from histo_lightning.data.transforms import seed_transforms, worker_init
 from histo_lightning.errors import ConfigError, CorruptImageError
 from histo_lightning.utils.batchnorm import lone_last_batch
 from histo_lightning.utils.fingerprint import digest, frame_digest
@@ -323,7 +323,7 @@ class BaseDataModule(pl.LightningDataModule):
             sampler = self.eval_sampler(dataset)
         drop_last = train and self._drop_last(len(sampler or dataset), batch_size)  # type: ignore[arg-type]
         if train:  # augmentations repeat with the run's seed (histo_lightning.data.transforms)
-            seed_transforms(dataset, main_process_seed())
+            seed_transforms(dataset)
             kwargs.setdefault("worker_init_fn", worker_init)
         return DataLoader(
             dataset,

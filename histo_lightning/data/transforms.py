@@ -21,23 +21,35 @@ import torch
 _SEEN = "_seeded_transform_ids"
 
 
-def seed_transforms(obj: Any, seed: int) -> int:
-    """Seed every albumentations pipeline reachable from ``obj`` (its ``transform``, its wrapped
-    ``dataset``s); returns how many were seeded."""
-    seeded, seen, stack = 0, set(), [obj]
+def find_transforms(obj: Any) -> list[Any]:
+    """Every albumentations pipeline (anything with ``set_random_seed``) reachable from ``obj``: its
+    ``transform``, and those of the datasets it wraps."""
+    found, seen, stack = [], set(), [obj]
     while stack:
         current = stack.pop()
         if current is None or id(current) in seen:
             continue
         seen.add(id(current))
         transform = getattr(current, "transform", None)
-        if callable(getattr(transform, "set_random_seed", None)):
-            transform.set_random_seed(int(seed) % 2**32)
-            seeded += 1
+        if callable(getattr(transform, "set_random_seed", None)) and id(transform) not in seen:
+            seen.add(id(transform))
+            found.append(transform)
         stack.extend(getattr(current, name, None) for name in ("dataset", "base", "datasets"))
         if isinstance(current, (list, tuple)):
             stack.extend(current)
-    return seeded
+    return found
+
+
+def seed_transforms(obj: Any, seed: int | None = None) -> int:
+    """Seed every albumentations pipeline reachable from ``obj`` with ``seed`` (default: a draw from the
+    global torch generator, made only when there is a pipeline to seed, so datasets without one leave
+    the random state untouched); returns how many were seeded."""
+    transforms = find_transforms(obj)
+    if transforms and seed is None:
+        seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
+    for transform in transforms:
+        transform.set_random_seed(int(seed) % 2**32)
+    return len(transforms)
 
 
 def worker_init(worker_id: int) -> None:
@@ -52,9 +64,4 @@ def worker_init(worker_id: int) -> None:
         seed_transforms(info.dataset, torch.initial_seed())
 
 
-def main_process_seed() -> int:
-    """A seed for transforms used in the main process, drawn from the (seeded) global torch generator."""
-    return int(torch.randint(0, 2**31 - 1, (1,)).item())
-
-
-__all__ = ["main_process_seed", "seed_transforms", "worker_init"]
+__all__ = ["find_transforms", "seed_transforms", "worker_init"]
