@@ -3,16 +3,19 @@ the 1:1:3 sampler, the learning-rate schedule and hard-example mining."""
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pytest
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
 
-from histo_lightning.callbacks.mining import HardExampleMining, load_mining
+from histo_lightning.callbacks.mining import HardExampleMining
+from histo_lightning.data.feature_cache import FeatureCache
 from histo_lightning.data.patching import extract_patch, ioa
 from histo_lightning.data.samplers import RatioSampler, allocate
 from histo_lightning.data.tupac16 import (
@@ -22,8 +25,13 @@ from histo_lightning.data.tupac16 import (
 )
 from histo_lightning.losses import FocalLoss, SemiFocalLoss
 from histo_lightning.metrics.detection import DetectionF1, match_detections
-from histo_lightning.models.cascade import CascadeDetector, nms_points, window_grid, window_views
-from histo_lightning.models.mitosis import piecewise_constant
+from histo_lightning.models.chsnet import piecewise_constant
+from histo_lightning.models.chsnet_detector import (
+    ChsnetCascadeDetector,
+    nms_points,
+    window_grid,
+    window_views,
+)
 from histo_lightning.nets.chsnet import CHSNet, two_views
 
 # ---- Eq. 8: IoA ------------------------------------------------------------------------------------
@@ -250,7 +258,7 @@ def test_mitoses_at_every_edge_and_corner_are_detected() -> None:
     hpf = torch.full((3, height, width), 220, dtype=torch.uint8)
     for row, col in spots:
         hpf[:, max(row - 6, 0) : row + 7, max(col - 6, 0) : col + 7] = 10
-    detector = CascadeDetector(Dark(), Dark(), stride=32, match_rule="amida13")
+    detector = ChsnetCascadeDetector(Dark(), Dark(), stride=32, match_rule="amida13")
     points, _ = detector.detect(hpf)
     gt = torch.tensor(spots, dtype=torch.float32)
     assert match_detections(points, gt, 30.0, "amida13") == (len(spots), 0, 0)
@@ -275,7 +283,7 @@ def test_cascade_refines_only_what_screening_passed() -> None:
     hpf = torch.full((3, 384, 384), 10, dtype=torch.uint8)
     hpf[:, 180:200, 180:200] = 255  # one bright spot around (190, 190)
     screening, refined = Marked(), Marked()
-    detector = CascadeDetector(refined, screening, stride=32, nms_box=64, nms_iou=0.1)
+    detector = ChsnetCascadeDetector(refined, screening, stride=32, nms_box=64, nms_iou=0.1)
     points, scores = detector.detect(hpf)
     assert screening.seen == len(window_views(hpf, 32)) == 13 * 13
     # only the 3 x 3 windows whose centre view (centre - 32 ... centre + 31) holds part of the spot
@@ -331,53 +339,61 @@ def test_piecewise_schedule_fractional_milestones() -> None:
 # ---- hard-example mining ----------------------------------------------------------------------------
 
 
-class _Scored(Dataset):
-    def __init__(self, labels: np.ndarray, probs: np.ndarray) -> None:
-        self.labels, self.probs = labels, probs
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> dict:
-        return {"index": i + 1000, "label": int(self.labels[i]), "prob": float(self.probs[i])}
-
-
-class _Echo(pl.LightningModule):
-    """Predicts the probability stored in the batch (stands in for the screening network)."""
-
-    def predict_step(self, batch: dict, batch_idx: int) -> dict:
-        return {"index": batch["index"], "label": batch["label"], "prob": batch["prob"]}
+def _mining_cache(tmp_path: Path, labels: np.ndarray, probs: np.ndarray) -> FeatureCache:
+    """A finished mining prediction: p(mitosis) of each patch in a feature cache, as the stage leaves it."""
+    n = len(labels)
+    manifest = pd.DataFrame(
+        {
+            "index": np.arange(n),
+            "origin": ["mitoses_image_data/01/01.tif"] * n,
+            "patient": ["01"] * n,
+            "label": labels,
+            "hpf": np.zeros(n, dtype=int),
+            "cy": np.arange(n) * 2.0,
+            "cx": np.arange(n) * 3.0,
+            "patch_row": np.arange(n) + 1000,
+        }
+    )
+    cache = FeatureCache.open(tmp_path / "features", {"producer": "test"}, manifest, (), "float32")
+    cache.write(np.arange(n), probs.astype(np.float32), "r0-test-000000")
+    cache.finalize()
+    return cache
 
 
 def test_mining_keeps_exactly_the_negatives_above_threshold(tmp_path) -> None:
     rng = np.random.default_rng(0)
     labels = (rng.random(200) < 0.2).astype(int)
-    probs = rng.random(200)
-    probs[:4] = 0.2  # exactly at the threshold: not a false positive
+    probs = rng.random(200).astype(np.float32)
+    probs[:4] = 0.25  # exactly at the threshold (0.25 is exact in float32): not a false positive
     labels[:4] = 0
-    callback = HardExampleMining(tmp_path / "mining", threshold=0.2, index_fingerprint="abc")
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        logger=False,
-        callbacks=[callback],
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    loader = DataLoader(_Scored(labels, probs), batch_size=32)
-    trainer.predict(_Echo(), dataloaders=loader, return_predictions=False)
-    expected = np.flatnonzero((labels == 0) & (probs > 0.2)) + 1000
-    assert callback.result is not None
-    assert np.array_equal(callback.result.false_positives, expected)
-    report = callback.result.report
-    assert report["fp"] == len(expected)
-    assert report["tp"] == int(((labels == 1) & (probs > 0.2)).sum())
-    assert report["fn"] == int(((labels == 1) & (probs <= 0.2)).sum())
-    assert report["recall_neg"] == pytest.approx(1 - len(expected) / (labels == 0).sum())
-    # written, and read back identically (what a resumed pipeline reuses)
-    loaded = load_mining(tmp_path / "mining")
-    assert loaded is not None and np.array_equal(loaded.false_positives, expected)
-    assert loaded.report["index_fingerprint"] == "abc"
-    assert "| FP | TP | FN |" in (tmp_path / "mining" / "report.md").read_text()
+    cache = _mining_cache(tmp_path, labels, probs)
+    ctx = SimpleNamespace(dir=tmp_path, is_global_zero=True, datamodule=None)
+    returned = HardExampleMining(threshold=0.25).on_features_ready(cache, ctx)
+    hard = (labels == 0) & (probs > 0.25)
+    assert not hard[:4].any()
+    table = pd.read_csv(tmp_path / returned["outputs"]["false_positives"])
+    assert np.array_equal(table["patch_row"], np.flatnonzero(hard) + 1000)
+    np.testing.assert_allclose(table["prob"], probs[hard])
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["fp"] == hard.sum() == returned["metrics"]["fp"]
+    assert report["tp"] == int(((labels == 1) & (probs > 0.25)).sum())
+    assert report["fn"] == int(((labels == 1) & (probs <= 0.25)).sum())
+    assert report["recall_neg"] == pytest.approx(1 - hard.sum() / (labels == 0).sum())
+    assert "note" not in report
+    assert "| FP | TP | FN |" in (tmp_path / "report.md").read_text()
+
+
+def test_mining_without_false_positives_says_so(tmp_path, caplog) -> None:
+    labels = np.array([0, 0, 1, 1])
+    cache = _mining_cache(tmp_path, labels, np.array([0.1, 0.15, 0.9, 0.3]))
+    ctx = SimpleNamespace(dir=tmp_path, is_global_zero=True, datamodule=None)
+    with caplog.at_level("WARNING"):
+        HardExampleMining(threshold=0.2).on_features_ready(cache, ctx)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["fp"] == 0 and "no false positives" in report["note"]
+    assert "no false positives" in (tmp_path / "report.md").read_text()
+    assert any("no false positives" in r.getMessage() for r in caplog.records)
+    assert pd.read_csv(tmp_path / "false_positives.csv").empty
 
 
 def test_cv_summary_pools_detection_counts_over_folds() -> None:

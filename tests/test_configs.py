@@ -34,16 +34,15 @@ def test_every_experiment_instantiates(experiment: str, make_cfg) -> None:
     loggers = instantiate_loggers(cfg.logger)
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
     assert datamodule.fold == cfg.fold and trainer.max_epochs == cfg.trainer.max_epochs
-    if cfg.task.endswith("run_chsnet"):  # a multi-stage pipeline: one module per stage
-        from histo_lightning.pipelines.chsnet import Pipeline
+    from histo_lightning.pipelines.runner import PipelineRunner
 
-        Pipeline(cfg)  # checks the stage settings
-        for stage in ("screening", "refined"):
-            module = hydra.utils.instantiate(cfg.model[stage])
-            assert module.hparams.monitor == cfg.model.monitor
-        return
-    model = hydra.utils.instantiate(cfg.model)
-    assert cfg.callbacks.model_checkpoint.monitor == model.hparams.monitor
+    PipelineRunner(cfg).check()  # stage kinds, the method's own config checks
+    for name, stage in cfg.pipeline.stages.items():
+        if stage.kind != "fit" or not stage.get("enabled", True):
+            continue
+        module = hydra.utils.instantiate(stage.module)
+        monitor = stage.get("monitor") or module.hparams.get("monitor")
+        assert monitor == cfg.model.get("monitor", monitor), f"stage {name} monitors {monitor}"
 
 
 @pytest.mark.parametrize("model", _options("model"))
@@ -66,7 +65,8 @@ def test_every_model_runs_a_batch(model: str, make_cfg) -> None:
 
 
 @pytest.mark.parametrize(
-    "group", ["trainer", "logger", "callbacks", "debug", "split", "dataset", "loss"]
+    "group",
+    ["trainer", "logger", "callbacks", "debug", "split", "dataset", "loss", "pipeline", "encoder"],
 )
 def test_every_group_option_composes(group: str) -> None:
     for option in _options(group):

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from histo_lightning.losses import ContrastiveLoss
 from histo_lightning.metrics import BinaryClassificationMetrics, ClassificationMetrics
-from histo_lightning.models import ImageClassifier, PatchClassifier, SimilarityClassifier
+from histo_lightning.models import ChsnetPatchClassifier, ImageClassifier, SimilarityClassifier
 from histo_lightning.models.base import BEST_KEY, plain
 
 
@@ -67,11 +67,11 @@ def _classifier(**kwargs) -> ImageClassifier:
     return ImageClassifier(_Embedder(), nn.CrossEntropyLoss(), ADAM, METRICS, **settings)
 
 
-def _patch_classifier(**kwargs) -> PatchClassifier:
+def _patch_classifier(**kwargs) -> ChsnetPatchClassifier:
     # a schedule as Hydra hands it over (a DictConfig): stored as plain data
     schedule = OmegaConf.create({"milestones": [1.5], "values": [0.05, 0.01]})
     settings = {"schedule": schedule, "monitor": "val/loss", "monitor_mode": "max", **kwargs}
-    return PatchClassifier(_Embedder(), nn.CrossEntropyLoss(), ADAM, **settings)
+    return ChsnetPatchClassifier(_Embedder(), nn.CrossEntropyLoss(), ADAM, **settings)
 
 
 def _similarity() -> SimilarityClassifier:
@@ -136,7 +136,7 @@ def test_checkpoints_hold_only_plain_data(tmp_path: Path, make) -> None:
     checkpoint = torch.load(tmp_path / "last.ckpt", weights_only=True)  # nothing needs pickle
     assert checkpoint[BEST_KEY]["value"] == module.best_value
     assert checkpoint["hyper_parameters"]["monitor"] == "val/loss"
-    if isinstance(module, PatchClassifier):
+    if isinstance(module, ChsnetPatchClassifier):
         assert checkpoint["hyper_parameters"]["schedule"] == {
             "milestones": [1.5],
             "values": [0.05, 0.01],

@@ -13,7 +13,7 @@ every process (each tested a disjoint share of the HPFs), so the files are compl
   detections (green true, red false) within the match radius; the first few, and the PR curve, are sent
   to W&B / TensorBoard.
 
-For the unlabelled test set only the predictions (CSV, GeoJSON) are written, under ``unlabelled/``.
+For the unlabelled test set only the predictions (CSV, GeoJSON) are written.
 """
 
 from __future__ import annotations
@@ -27,12 +27,11 @@ import pandas as pd
 import pytorch_lightning as pl
 
 from histo_lightning.callbacks.collect import TestOutputCollector
-from histo_lightning.callbacks.test_report import log_image
 from histo_lightning.data.tupac16 import write_challenge_csv, write_geojson
 from histo_lightning.metrics.detection import detection_scores, match_assignments
-from histo_lightning.models.cascade import CURVE_THRESHOLDS
+from histo_lightning.models.chsnet_detector import CURVE_THRESHOLDS
 from histo_lightning.reporting.overlays import detection_overlay
-from histo_lightning.reporting.plots import precision_recall_figure, save_figure
+from histo_lightning.reporting.plots import log_image, precision_recall_figure, save_figure
 from histo_lightning.utils.io import atomic_path
 from histo_lightning.utils.logging import get_logger
 
@@ -42,27 +41,24 @@ log = get_logger(__name__)
 class DetectionReport(TestOutputCollector):
     """Collects the detections of ``trainer.test`` and writes the report files (see the module docstring).
 
+    The match radius, the matching rule and the operating threshold are the detector's
+    (:class:`~histo_lightning.models.chsnet_detector.ChsnetCascadeDetector`), read when the test ends.
+
     Args:
-        output_dir: the run's ``detection/`` folder.
-        match_radius_px, match_rule: as used by the detector (for overlays and per-HPF counts).
-        refined_threshold: the operating threshold marked on the PR curve.
+        output_dir: where the files go; None (default): the test stage's own folder.
         overlays: write overlay PNGs. overlay_max_side: their longest side in pixels.
         max_logged_overlays: how many overlays go to W&B / TensorBoard.
     """
 
     def __init__(
         self,
-        output_dir: str | Path,
-        match_radius_px: float = 30.0,
-        match_rule: str = "amida13",
-        refined_threshold: float = 0.85,
+        output_dir: str | Path | None = None,
         overlays: bool = True,
         overlay_max_side: int = 1024,
         max_logged_overlays: int = 8,
     ) -> None:
-        self.output_dir = Path(output_dir)
-        self.match_radius_px, self.match_rule = float(match_radius_px), match_rule
-        self.refined_threshold = float(refined_threshold)
+        self.output_dir = Path(output_dir) if output_dir else None
+        self.match_radius_px, self.match_rule, self.refined_threshold = 30.0, "amida13", 0.85
         self.overlays, self.overlay_max_side = overlays, int(overlay_max_side)
         self.max_logged_overlays = int(max_logged_overlays)
         super().__init__()
@@ -82,7 +78,10 @@ class DetectionReport(TestOutputCollector):
             return
         datamodule = trainer.datamodule
         labelled = items[0]["labelled"]
-        out = self.output_dir if labelled else self.output_dir / "unlabelled"
+        self.match_radius_px = float(pl_module.match_radius_px)
+        self.match_rule = str(pl_module.match_rule)
+        self.refined_threshold = float(pl_module.refined_threshold)
+        out = self.output_dir or Path(trainer.default_root_dir)
         rows, per_hpf = [], []
         for item in items:
             case, name = datamodule.hpf_name(item["hpf"], unlabelled=not labelled)
@@ -162,7 +161,7 @@ class DetectionReport(TestOutputCollector):
             title=f"P, R, F1 over the refined threshold{suffix}",
         )
         path = save_figure(figure, out / "plots" / "pr_curve.png")
-        log_image(trainer, "test/pr_curve", path)
+        log_image(trainer.loggers, "test/pr_curve", path, trainer.global_step)
 
     def _write_overlays(
         self, trainer: pl.Trainer, out: Path, items: list[dict], datamodule: Any
@@ -188,7 +187,12 @@ class DetectionReport(TestOutputCollector):
             with atomic_path(path) as tmp:
                 tmp.write_bytes(cv2.imencode(".png", overlay[..., ::-1])[1].tobytes())
             if rank < self.max_logged_overlays:
-                log_image(trainer, f"test/overlay_{item['case']}_{item['name']}", path)
+                log_image(
+                    trainer.loggers,
+                    f"test/overlay_{item['case']}_{item['name']}",
+                    path,
+                    trainer.global_step,
+                )
 
 
 __all__ = ["DetectionReport"]

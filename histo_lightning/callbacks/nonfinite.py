@@ -17,6 +17,7 @@ taken jointly (any rank's bad loss stops every rank together, so none waits fore
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -64,7 +65,8 @@ class StopOnNonFiniteLoss(pl.Callback):
         if self.streak < self.patience:
             return
         value = "non-finite" if loss is None else str(float(loss.detach().float().flatten()[0]))
-        stage = getattr(pl_module, "stage", None) or "fit"
+        # the stage runner works in <run>/<NN>_<stage>/ (the trainer's root): name the stage from it
+        stage = Path(trainer.default_root_dir).name.lstrip("0123456789").lstrip("_") or "fit"
         raise NonFiniteLossError(
             f"training loss is {value} in stage {stage}, epoch {trainer.current_epoch}, batch "
             f"{batch_idx} (global step {trainer.global_step}; epochs and batches counted from 0), "

@@ -16,29 +16,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
-from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 from sklearn.metrics import confusion_matrix
 
 from histo_lightning.callbacks.collect import TestOutputCollector
-from histo_lightning.reporting.plots import confusion_figure, roc_figure, save_figure
+from histo_lightning.reporting.plots import confusion_figure, log_image, roc_figure, save_figure
 from histo_lightning.utils.io import atomic_path, write_text_atomic
 from histo_lightning.utils.logging import get_logger
 
 log = get_logger(__name__)
-
-
-def log_image(trainer: pl.Trainer, key: str, path: Path) -> None:
-    """Send a saved PNG to the image-capable loggers (W&B, TensorBoard)."""
-    for logger in trainer.loggers:
-        if isinstance(logger, WandbLogger):
-            logger.log_image(key=key, images=[str(path)], step=trainer.global_step)
-        elif isinstance(logger, TensorBoardLogger):
-            import matplotlib.image as mpimg
-
-            pixels = mpimg.imread(path)[..., :3]
-            logger.experiment.add_image(
-                key, pixels, global_step=trainer.global_step, dataformats="HWC"
-            )
 
 
 class TestReport(TestOutputCollector):
@@ -129,7 +114,7 @@ class TestReport(TestOutputCollector):
         for name, fig in figures.items():
             path = save_figure(fig, out / "plots" / f"{name}.png")
             if trainer is not None:
-                log_image(trainer, f"test/{name}", path)
+                log_image(trainer.loggers, f"test/{name}", path, trainer.global_step)
         log.info(f"Test report written to {out} (predictions.csv, patient_scores.csv, plots/)")
 
 

@@ -28,9 +28,7 @@ the loaders of its samples.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
-import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -50,8 +48,10 @@ from histo_lightning.data.splits import (
     load_or_create_split,
     subsets_for_fold,
 )
+from histo_lightning.data.transforms import seed_transforms, worker_init
 from histo_lightning.errors import ConfigError, CorruptImageError
 from histo_lightning.utils.batchnorm import lone_last_batch
+from histo_lightning.utils.fingerprint import digest, frame_digest
 from histo_lightning.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -122,20 +122,6 @@ def transform_description(transform: Any) -> Any:
         return albumentations.to_dict(transform)
     except Exception:  # not an albumentations pipeline (or not serialisable): its repr names it
         return repr(transform)
-
-
-def digest(payload: Any, length: int = 16) -> str:
-    """A short sha256 hex digest of JSON-serialisable ``payload`` (keys sorted)."""
-    text = json.dumps(payload, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:length]
-
-
-def frame_digest(frame: pd.DataFrame) -> str:
-    """A digest of a table's values (row order and column names included)."""
-    hashes = pd.util.hash_pandas_object(frame, index=False).to_numpy()
-    return hashlib.sha256(
-        ",".join(map(str, frame.columns)).encode() + np.ascontiguousarray(hashes).tobytes()
-    ).hexdigest()[:16]
 
 
 class BaseDataModule(pl.LightningDataModule):
@@ -336,6 +322,9 @@ class BaseDataModule(pl.LightningDataModule):
         if not train and sampler is None:
             sampler = self.eval_sampler(dataset)
         drop_last = train and self._drop_last(len(sampler or dataset), batch_size)  # type: ignore[arg-type]
+        if train:  # augmentations repeat with the run's seed (histo_lightning.data.transforms)
+            seed_transforms(dataset)
+            kwargs.setdefault("worker_init_fn", worker_init)
         return DataLoader(
             dataset,
             batch_size=batch_size,

@@ -264,23 +264,6 @@ class HistoDataModule(BaseDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader("test")
 
-    def embedding_dataloader(
-        self, subset: str, max_samples: int | None = None, seed: int = 0
-    ) -> DataLoader:
-        """Single images of ``subset`` with the evaluation transforms (no augmentation, no partners),
-        at most ``max_samples`` of them drawn at random with ``seed``: what embedding plots look at."""
-        rows = self._subset_rows[subset]
-        if max_samples is not None and len(rows) > max_samples:
-            rng = np.random.default_rng(seed)
-            rows = np.sort(rng.choice(rows, size=max_samples, replace=False))
-        return DataLoader(
-            self._table_dataset(rows, self.eval_transforms),
-            batch_size=self.eval_batch_size,
-            shuffle=False,
-            num_workers=0,
-        )
-
-    # ---- the contract: what the samples are -------------------------------------------------------
     def _rows(self, subset: str) -> np.ndarray:
         if not self._subset_rows:
             self.setup()

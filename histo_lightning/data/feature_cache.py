@@ -30,7 +30,6 @@ The writer that fills a cache from ``trainer.predict`` is
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -44,7 +43,7 @@ from filelock import FileLock
 
 from histo_lightning.caches import touch_last_used
 from histo_lightning.errors import ConfigError
-from histo_lightning.utils.fingerprint import canonical, describe_differences, digest
+from histo_lightning.utils.fingerprint import canonical, describe_differences, digest, frame_digest
 from histo_lightning.utils.io import atomic_dir, atomic_path, read_json, write_json_atomic
 from histo_lightning.utils.logging import get_logger
 
@@ -57,13 +56,6 @@ MANIFEST_COLUMNS = ("index", "origin", "patient", "label")
 
 class FeatureCacheMismatch(ConfigError):
     """A cache folder holds features made by something else; the message names what differs."""
-
-
-def manifest_digest(manifest: pd.DataFrame) -> str:
-    """sha256 of a manifest's columns and values (which samples, in which order, with which labels)."""
-    h = hashlib.sha256(",".join(map(str, manifest.columns)).encode())
-    h.update(pd.util.hash_pandas_object(manifest.astype(str), index=False).to_numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def default_cache_dir(root: str | Path, label: str, made_by: Mapping[str, Any]) -> Path:
@@ -114,7 +106,7 @@ class FeatureCache:
             "made_by": canonical(dict(made_by)),
             "shape": [len(manifest), *(int(s) for s in feature_shape)],
             "dtype": dtype,
-            "manifest_sha256": manifest_digest(manifest),
+            "manifest_sha256": frame_digest(manifest),
             "format_version": FORMAT_VERSION,
         }
         folder.parent.mkdir(parents=True, exist_ok=True)
@@ -258,4 +250,4 @@ class FeatureCache:
         return True
 
 
-__all__ = ["FeatureCache", "FeatureCacheMismatch", "default_cache_dir", "manifest_digest"]
+__all__ = ["FeatureCache", "FeatureCacheMismatch", "default_cache_dir"]

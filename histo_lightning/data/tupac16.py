@@ -591,10 +591,6 @@ class Tupac16DataModule(BaseDataModule):
     def validation_loader(self) -> DataLoader:
         return self.loader(self._patches(self._eval_rows("val")), train=False)
 
-    def predict_dataloader(self) -> DataLoader:
-        """Every training-case patch (positives and negatives), for hard-example mining."""
-        return self.loader(self._patches(self.patch_rows("train")), train=False)
-
     def test_dataloader(self) -> DataLoader:
         """Whole HPFs, one per batch: the held-out fold's (or the unlabelled test set's)."""
         assert self.images is not None

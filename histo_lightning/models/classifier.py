@@ -61,6 +61,20 @@ class ImageClassifier(SupervisedModule):
     def forward(self, images: Tensor) -> Tensor:
         return self.net(self.prepare_images(images))
 
+    def predict_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
+        """``{"index", "probs"}`` and, for a net with ``embed()`` (PNN1/PNN2, TimmClassifier), ``"embedding"``:
+        what predict stages store in a feature cache (e.g. SMSE Fig. 10's embeddings)."""
+        images = self.prepare_images(batch["image"])
+        out = {"index": batch["index"]}
+        if callable(getattr(self.net, "embed", None)):
+            embedding = self.net.embed(images)
+            out["embedding"] = embedding.float()
+            logits = self.net.classifier(embedding)
+        else:
+            logits = self.net(images)
+        out["probs"] = logits.float().softmax(dim=-1)
+        return out
+
     def setup(self, stage: str) -> None:
         if not getattr(self.loss, "needs_class_counts", False):
             return

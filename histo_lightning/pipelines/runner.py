@@ -538,7 +538,10 @@ class PipelineRunner:
                 self.datamodule,
                 self.metrics,
                 started,
-                pipeline=self.pipeline.get("name"),
+                pipeline={
+                    "name": self.pipeline.get("name"),
+                    **dict(to_plain(self.pipeline.get("report") or {})),
+                },
                 stages={
                     name: {
                         "status": r.status,
@@ -548,7 +551,6 @@ class PipelineRunner:
                     }
                     for name, r in self.results.items()
                 },
-                **dict(to_plain(self.pipeline.get("report") or {})),
             )
         return self.metrics
 

@@ -18,8 +18,9 @@ after too).
     ``from`` (an earlier fit: its module with its best weights) or ``module`` (+ ``inject``);
     ``ckpt_path`` evaluates that checkpoint instead when the ``from`` stage did not run (``train=false``).
 ``predict``
-    ``from`` or ``module``; ``subset`` (the data module's ``predict_dataset``/``sample_manifest`` name);
-    ``batch_size``, ``num_workers``; ``output``: ``key`` (the ``predict_step`` entry to store, default
+    ``from`` or ``module`` (and ``ckpt_path`` as for ``test``); ``subset`` (the data module's
+    ``predict_dataset``/``sample_manifest`` name); ``max_samples`` + ``sample_seed`` (a random subset of at
+    most that many samples, e.g. for a t-SNE); ``batch_size``, ``num_workers``; ``output``: ``key`` (the ``predict_step`` entry to store, default
     ``features``), ``dtype`` (float16|float32), ``shared`` (true: a keyed cache under
     ``paths.cache_dir/features`` that other runs and folds reuse; false: ``<stage>/features``), ``path`` (an
     explicit cache folder; refused when it holds another producer's features), ``flush_every``.
@@ -36,17 +37,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ModelCheckpoint
-from torch.utils.data import DataLoader, Subset, default_collate
+from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
 from histo_lightning.callbacks.feature_writer import FeatureCacheWriter
-from histo_lightning.data.feature_cache import FeatureCache, default_cache_dir, manifest_digest
+from histo_lightning.data.base import transform_description
+from histo_lightning.data.feature_cache import FeatureCache, default_cache_dir
 from histo_lightning.errors import ConfigError
 from histo_lightning.utils.batchnorm import check_training_batch_size
 from histo_lightning.utils.checkpoints import check_checkpoint, load_state_dict
+from histo_lightning.utils.fingerprint import frame_digest
 from histo_lightning.utils.instantiate import build
 from histo_lightning.utils.logging import get_logger
 
@@ -100,16 +104,30 @@ class Stage:
         except ValueError:
             return str(path)
 
-    def source_module(self) -> pl.LightningModule:
-        """``from: <fit stage>`` (its best weights) or ``module:`` built here."""
+    def source_module(self) -> tuple[pl.LightningModule, str]:
+        """The module this stage evaluates and where its weights come from: ``from: <fit stage>`` (its
+        best weights; or ``ckpt_path`` when that stage did not run, as with ``train=false``) or ``module:``
+        built here (``inject`` resolved)."""
         source = self.cfg.get("from")
+        ckpt_path = self.cfg.get("ckpt_path")
+        if source and source in self.ctx.runner.results:
+            best = self.ctx.result(source).info.get("best_checkpoint")
+            where = str(self.ctx.result(source).dir / best) if best else f"stage {source}"
+            return self.ctx.module(source), where
+        if source and ckpt_path:
+            module = build_stage_module(self.ctx.runner, source)
+            load_weights(module, ckpt_path, key="ckpt_path")
+            return module, str(ckpt_path)
         if source:
-            return self.ctx.module(source)
+            raise ConfigError(
+                f"stage {self.ctx.name} uses the model of stage {source!r}, which did not run "
+                "(train=false needs ckpt_path=<checkpoint to evaluate>)"
+            )
         if "module" not in self.cfg:
             raise ConfigError(
                 f"pipeline.stages.{self.ctx.name} needs from: <fit stage> or module: <LightningModule>"
             )
-        return self.ctx.build(self.cfg.module)
+        return self.ctx.build(self.cfg.module), "built from config"
 
     def run(self) -> dict[str, Any]:
         raise NotImplementedError
@@ -205,27 +223,9 @@ class FitStage(Stage):
 class TestStage(Stage):
     kind = "test"
 
-    def module_to_test(self) -> tuple[pl.LightningModule, str]:
-        source = self.cfg.get("from")
-        ckpt_path = self.cfg.get("ckpt_path")
-        if source and source in self.ctx.runner.results:
-            result = self.ctx.result(source)
-            best = result.info.get("best_checkpoint")
-            return self.ctx.module(source), str(result.dir / best) if best else f"stage {source}"
-        if source and ckpt_path:
-            module = build_stage_module(self.ctx.runner, source)
-            load_weights(module, ckpt_path, key="ckpt_path")
-            return module, str(ckpt_path)
-        if source:
-            raise ConfigError(
-                f"stage {self.ctx.name} tests the model of stage {source!r}, which did not run "
-                "(train=false needs ckpt_path=<checkpoint to evaluate>)"
-            )
-        return self.source_module(), "built from config"
-
     def run(self) -> dict[str, Any]:
         ctx = self.ctx
-        module, tested = self.module_to_test()
+        module, tested = self.source_module()
         self.run_setup()
         trainer = ctx.trainer([*ctx.generic_callbacks("test"), *ctx.stage_callbacks()], module)
         log.info(f"Stage {ctx.name}: testing ({tested})")
@@ -238,34 +238,41 @@ class TestStage(Stage):
         }
 
 
+class _Renumbered(Dataset):
+    """Items ``rows`` of ``dataset``, their ``"index"`` renumbered 0…len(rows)-1."""
+
+    def __init__(self, dataset: Any, rows: np.ndarray) -> None:
+        self.dataset, self.rows = dataset, np.asarray(rows)
+        self.collate_fn = getattr(dataset, "collate_fn", None)
+        self.transform = getattr(dataset, "transform", None)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> Any:
+        return {**self.dataset[int(self.rows[i])], "index": i}
+
+
 def _collate(dataset: Any) -> Any:
     return getattr(dataset, "collate_fn", None) or default_collate
-
-
-def describe_transform(dataset: Any) -> Any:
-    """A JSON-able description of a dataset's transform (albumentations' own serialisation when it has one)."""
-    transform = getattr(dataset, "transform", None)
-    if transform is None:
-        return None
-    try:
-        import albumentations as A
-
-        return A.to_dict(transform)
-    except Exception:  # not an albumentations pipeline, or one that cannot be serialised
-        return repr(transform)
 
 
 class PredictStage(Stage):
     kind = "predict"
 
-    def producer(self, module: pl.LightningModule) -> dict[str, Any]:
-        """What produces the rows: the module's own fingerprint, or the fit stage it comes from."""
+    def producer(self, module: pl.LightningModule, weights: str) -> dict[str, Any]:
+        """What produces the rows: the module's own fingerprint, or the fit stage (or checkpoint) it comes
+        from."""
         if callable(getattr(module, "fingerprint", None)):
             return module.fingerprint()
         source = self.cfg.get("from")
-        if source:
+        if source and source in self.ctx.runner.results:
             result = self.ctx.result(source)
             return {"stage": source, "fit": f"{result.fingerprint}:{result.info.get('token')}"}
+        if source:
+            from histo_lightning.nets.weights import state_dict_digest
+
+            return {"checkpoint": weights, "weights_sha256": state_dict_digest(module)}
         raise ConfigError(
             f"pipeline.stages.{self.ctx.name}: the module has no fingerprint() and no from: stage, so "
             "its cached outputs could not be told apart from another producer's"
@@ -285,17 +292,40 @@ class PredictStage(Stage):
             )
         return tuple(int(s) for s in out[key].shape[1:])
 
-    def open_cache(self, module: pl.LightningModule, dataset: Any, manifest: Any) -> FeatureCache:
+    def samples(self) -> tuple[Any, Any]:
+        """The subset's dataset and manifest; with ``max_samples``, a random subset of that many
+        (``sample_seed``), renumbered 0…n-1 with the original item in ``source_index``."""
+        ctx = self.ctx
+        subset = self.cfg.get("subset", "train")
+        dataset = ctx.datamodule.predict_dataset(subset)
+        manifest = ctx.datamodule.sample_manifest(subset)
+        if len(manifest) != len(dataset):
+            raise RuntimeError(
+                f"{type(ctx.datamodule).__name__}: sample_manifest({subset!r}) has {len(manifest)} rows "
+                f"for {len(dataset)} samples"
+            )
+        limit = self.cfg.get("max_samples")
+        if limit is None or len(manifest) <= int(limit):
+            return dataset, manifest
+        rng = np.random.default_rng(int(self.cfg.get("sample_seed", 0)))
+        rows = np.sort(rng.choice(len(manifest), size=int(limit), replace=False))
+        manifest = manifest.iloc[rows].rename(columns={"index": "source_index"})
+        manifest.insert(0, "index", np.arange(len(rows)))
+        return _Renumbered(dataset, rows), manifest.reset_index(drop=True)
+
+    def open_cache(
+        self, module: pl.LightningModule, weights: str, dataset: Any, manifest: Any
+    ) -> FeatureCache:
         ctx, output = self.ctx, self.cfg.get("output") or {}
         subset = self.cfg.get("subset", "train")
         key = output.get("key", "features")
         made_by = {
-            "producer": self.producer(module),
+            "producer": self.producer(module, weights),
             "data": {
                 "dataset": ctx.datamodule.name,
                 "subset": subset,
-                "samples": manifest_digest(manifest),
-                "transform": describe_transform(dataset),
+                "samples": frame_digest(manifest),
+                "transform": transform_description(getattr(dataset, "transform", None)),
             },
             "output_key": key,
             "code_version": FEATURE_CODE_VERSION,
@@ -312,17 +342,10 @@ class PredictStage(Stage):
 
     def run(self) -> dict[str, Any]:
         ctx = self.ctx
-        module = self.source_module()
+        module, weights = self.source_module()
         self.run_setup()
-        subset = self.cfg.get("subset", "train")
-        dataset = ctx.datamodule.predict_dataset(subset)
-        manifest = ctx.datamodule.sample_manifest(subset)
-        if len(manifest) != len(dataset):
-            raise RuntimeError(
-                f"{type(ctx.datamodule).__name__}: sample_manifest({subset!r}) has {len(manifest)} rows "
-                f"for {len(dataset)} samples"
-            )
-        cache = self.open_cache(module, dataset, manifest)
+        dataset, manifest = self.samples()
+        cache = self.open_cache(module, weights, dataset, manifest)
         output = self.cfg.get("output") or {}
         writer = FeatureCacheWriter(
             cache, output.get("key", "features"), output.get("flush_every", 1024)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -109,3 +110,15 @@ def precision_recall_figure(
     right.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def log_image(loggers: Sequence[Any], key: str, path: Path, step: int = 0) -> None:
+    """Send a saved PNG to the image-capable loggers (W&B, TensorBoard); others are skipped."""
+    from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
+
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            logger.log_image(key=key, images=[str(path)], step=step)
+        elif isinstance(logger, TensorBoardLogger):
+            pixels = plt.imread(path)[..., :3]
+            logger.experiment.add_image(key, pixels, global_step=step, dataformats="HWC")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import matplotlib
 
@@ -68,3 +69,36 @@ def tsne_figure(
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def tsne_stage(ctx: Any, embeddings: Sequence[str] = ("embed_train", "embed_test"), seed: int = 0) -> dict:
+    """SMSE Fig. 10 as a pipeline function: t-SNE maps of the embeddings the predict stages cached.
+
+    ``embeddings`` names the predict stages (one panel each, titled by their ``subset``); their feature
+    caches hold the ``embedding`` of each image (a random subset of at most ``max_samples``), and their
+    manifests the labels and groups (magnifications). Writes ``plots/tsne.png`` in the stage folder (also
+    sent to W&B / TensorBoard as ``tsne``).
+    """
+    from histo_lightning.data.feature_cache import FeatureCache
+    from histo_lightning.reporting.plots import log_image, save_figure
+
+    panels = {}
+    for stage in embeddings:
+        cache = FeatureCache.reopen(ctx.result(stage).path("cache"))
+        done = cache.done_indices()
+        manifest = cache.manifest.iloc[done]
+        features = np.asarray(cache.features(allow_partial=True)[done], dtype=np.float32)
+        subset = ctx.runner.pipeline.stages[stage].get("subset", stage)
+        groups = manifest["group"].to_numpy() if "group" in manifest else None
+        panels[subset] = (tsne_2d(features, seed=seed), manifest["label"].to_numpy(), groups)
+    datamodule = ctx.datamodule
+    synthetic = " (synthetic data)" if getattr(datamodule, "is_synthetic", False) else ""
+    fig = tsne_figure(
+        panels,
+        datamodule.class_names,
+        getattr(datamodule, "group_names", None),
+        title=f"t-SNE of embeddings{synthetic}",
+    )
+    path = save_figure(fig, ctx.dir / "plots" / "tsne.png")
+    log_image(ctx.loggers, "tsne", path)
+    return {"outputs": {"plot": "plots/tsne.png"}, "points": {k: len(v[1]) for k, v in panels.items()}}

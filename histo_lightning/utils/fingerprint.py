@@ -12,6 +12,9 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+import pandas as pd
+
 
 def canonical(value: Any) -> Any:
     """The JSON form of ``value`` (tuples as lists, numpy scalars and paths as strings)."""
@@ -23,6 +26,14 @@ def digest(value: Any, length: int = 16) -> str:
     return hashlib.sha256(json.dumps(canonical(value), sort_keys=True).encode()).hexdigest()[
         :length
     ]
+
+
+def frame_digest(frame: pd.DataFrame, length: int = 16) -> str:
+    """A short sha256 of a table's values (row order and column names included)."""
+    hashes = pd.util.hash_pandas_object(frame, index=False).to_numpy()
+    return hashlib.sha256(
+        ",".join(map(str, frame.columns)).encode() + np.ascontiguousarray(hashes).tobytes()
+    ).hexdigest()[:length]
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -54,4 +65,4 @@ def describe_differences(
     return lines
 
 
-__all__ = ["canonical", "describe_differences", "digest", "flatten"]
+__all__ = ["canonical", "describe_differences", "digest", "flatten", "frame_digest"]

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
 
+from histo_lightning.data.feature_cache import FeatureCache
 from histo_lightning.errors import ConfigError
 from histo_lightning.losses import ContrastiveLoss, ReinforcedFocalLoss, TripletLoss
 from histo_lightning.metrics import ClassificationMetrics
@@ -36,14 +36,16 @@ def test_smse_breakhis_triplets_end_to_end(make_cfg) -> None:
     )
     info = json.loads((out / "run_info.json").read_text())
     assert info["data"]["pairing"] == "triplet" and info["synthetic_data"] is True
-    for name in ("plots/tsne.png", "plots/roc.png", "patient_scores.md", "embeddings.npz"):
+    for name in ("05_tsne/plots/tsne.png", "02_test/plots/roc.png", "02_test/patient_scores.md"):
         assert (out / name).stat().st_size > 0
-    embeddings = np.load(out / "embeddings.npz")
-    assert embeddings["train_embedding"].shape[1] == 12  # Table I: 12-d embedding
-    assert len(embeddings["test_label"]) == len(embeddings["test_embedding"]) > 0
+    train_cache = FeatureCache.reopen(out / "03_embed_train" / "features")
+    assert train_cache.shape[1:] == (12,)  # Table I: 12-d embedding
+    test_cache = FeatureCache.reopen(out / "04_embed_test" / "features")
+    assert len(test_cache.done_indices()) == len(test_cache.manifest) > 0
+    assert {"label", "group", "patient", "origin"} <= set(test_cache.manifest.columns)
     history = next(out.rglob("metrics.csv")).read_text()
     assert "train/embed_loss" in history and "train/cls_loss" in history
-    checkpoint = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)  # no pickle
+    checkpoint = torch.load(out / "01_fit" / "checkpoints" / "last.ckpt", weights_only=True)
     assert "embedding_loss" not in checkpoint["hyper_parameters"]
 
 
@@ -53,7 +55,7 @@ def test_smse_breakhis_triplets_end_to_end(make_cfg) -> None:
 def test_pair_and_without_embedding_variants(
     experiment: str, pairing: str | None, make_cfg
 ) -> None:
-    cfg = make_cfg([f"experiment={experiment}", *SMOKE, "callbacks.embedding_tsne=null"])
+    cfg = make_cfg([f"experiment={experiment}", *SMOKE, "pipeline=fit_test"])
     train(cfg)
     out = Path(cfg.paths.output_dir)
     metrics = json.loads((out / "metrics.json").read_text())

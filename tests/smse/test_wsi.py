@@ -344,4 +344,4 @@ def test_smse_paip_end_to_end_on_synthetic_slides(make_cfg) -> None:
     info = json.loads((out / "run_info.json").read_text())
     assert info["synthetic_data"] is True and info["data"]["pairing"] == "triplet"
     assert info["data"]["n_slides"] == 5
-    assert (out / "plots" / "tsne.png").stat().st_size > 0
+    assert (out / "05_tsne" / "plots" / "tsne.png").stat().st_size > 0

@@ -140,8 +140,8 @@ def nms_points(points: Tensor, scores: Tensor, box: float, iou: float) -> Tensor
     return nms(boxes, scores.float(), iou)
 
 
-class CascadeDetector(pl.LightningModule):
-    """Detects mitoses on whole HPFs with the trained networks (see the module docstring).
+class ChsnetCascadeDetector(pl.LightningModule):
+    """CHS-Net's detector: mitoses on whole HPFs with the trained networks (see the module docstring).
 
     Args:
         final_net: the refined network (or the single network of the ablations).
@@ -149,8 +149,9 @@ class CascadeDetector(pl.LightningModule):
         screening_threshold, refined_threshold: §4.3's 0.80 and 0.85.
         stride: window stride in pixels (even). batch_size: windows per forward pass.
         nms_box, nms_iou: NMS box side (px) and IoU threshold.
-        match_radius_px: match radius in pixels (7.5 µm). match_rule: ``amida13`` (TUPAC16) or
-            ``one_to_one``.
+        match_radius_um: match radius in microns (7.5 µm), in pixels of the data module's HPFs
+            (``radius_px``; 30 px at 0.25 µm/px) once the test starts. match_rule: ``amida13`` (TUPAC16)
+            or ``one_to_one``.
     """
 
     def __init__(
@@ -163,7 +164,7 @@ class CascadeDetector(pl.LightningModule):
         batch_size: int = 256,
         nms_box: float = 64.0,
         nms_iou: float = 0.1,
-        match_radius_px: float = 30.0,
+        match_radius_um: float = 7.5,
         match_rule: str = "amida13",
     ) -> None:
         super().__init__()
@@ -178,7 +179,8 @@ class CascadeDetector(pl.LightningModule):
         self.stride = int(stride)
         self.batch_size = int(batch_size)
         self.nms_box, self.nms_iou = float(nms_box), float(nms_iou)
-        self.match_radius_px, self.match_rule = float(match_radius_px), match_rule
+        self.match_radius_um, self.match_rule = float(match_radius_um), match_rule
+        self.match_radius_px = self.match_radius_um / 0.25  # TUPAC16's 0.25 µm/px until setup()
         self.counts = DetectionF1(n_thresholds=len(CURVE_THRESHOLDS))
         self.windows = SumMetric()
         self.screened = SumMetric()
@@ -220,6 +222,11 @@ class CascadeDetector(pl.LightningModule):
         """``(points (K, 2) row/col, scores (K,))`` of the mitoses found in a ``(3, H, W)`` HPF."""
         found = self.candidates(image)
         return self.select(found["points"], found["prob"], self.refined_threshold)
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
+        if datamodule is not None and hasattr(datamodule, "radius_px"):
+            self.match_radius_px = float(datamodule.radius_px(self.match_radius_um))
 
     def on_test_start(self) -> None:
         for net in (self.final_net, self.screening_net):
@@ -277,7 +284,7 @@ class CascadeDetector(pl.LightningModule):
 
 __all__ = [
     "CURVE_THRESHOLDS",
-    "CascadeDetector",
+    "ChsnetCascadeDetector",
     "WindowViews",
     "nms_points",
     "window_grid",

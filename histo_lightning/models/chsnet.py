@@ -1,7 +1,7 @@
-"""One CHS-Net stage: a mitosis / non-mitosis patch classifier trained with the paper's settings (§4.2.2).
+"""CHS-Net's patch classifier: mitosis / non-mitosis, trained with the paper's settings (§4.2.2).
 
-:class:`PatchClassifier` trains the screening network (stage 1) and the refined network (stage 2); the
-pipeline (:mod:`histo_lightning.pipelines.chsnet`) builds one of each from config.
+:class:`ChsnetPatchClassifier` trains the screening network (stage ``screening``) and the refined network
+(stage ``refined``) of the CHS-Net pipeline (``conf/pipeline/chsnet.yaml``), one of each from config.
 
 * **Optimiser**: an injected partial (Adam with L2 ``weight_decay`` 2e-7: "regularize decay of 2e-07").
 * **Learning-rate schedule**: piecewise constant over *fractional* epochs (the refined network's drops
@@ -12,9 +12,10 @@ pipeline (:mod:`histo_lightning.pipelines.chsnet`) builds one of each from confi
   averaged too) updated after every optimiser step; validation, mining and detection use it.
 * **BN moving decay 0.99** lives in the network (momentum 0.01).
 
-Logged under the stage name (:class:`~histo_lightning.models.base.SupervisedModule` with the stage as
-``log_prefix``): ``<stage>/train/loss``, ``<stage>/val/{loss,ap,auroc,precision,recall,f1}`` (precision,
-recall and F1 of the mitosis class at p > 0.5, torchmetrics) and ``<stage>/val/<monitor>_best``.
+Logged (:class:`~histo_lightning.models.base.SupervisedModule`): ``train/loss``,
+``val/{loss,ap,auroc,precision,recall,f1}`` (precision, recall and F1 of the mitosis class at p > 0.5,
+torchmetrics) and ``val/<monitor>_best``; the stage runner prefixes them with the stage's name in the
+loggers and results (``screening/val/ap``).
 ``predict_step`` returns ``{"index", "label", "prob"}`` (p(mitosis)) for hard-example mining.
 """
 
@@ -47,7 +48,7 @@ def check_schedule(milestones: Sequence[float], values: Sequence[float]) -> None
         raise ValueError("schedule milestones must increase and values be positive")
 
 
-class PatchClassifier(SupervisedModule):
+class ChsnetPatchClassifier(SupervisedModule):
     """Trains a CHS-Net network on ``{"image" (N,3,128,128) uint8, "label", "index"}`` batches.
 
     Args:
@@ -55,7 +56,6 @@ class PatchClassifier(SupervisedModule):
         loss: the criterion (semi-focal, focal or cross-entropy; ``model.<stage>.loss: ${loss}``).
         optimizer: partial taking ``params`` (the learning rate it carries is ignored when a schedule is set).
         schedule: ``{"milestones": [...epochs], "values": [...learning rates]}``, or None for a constant rate.
-        stage: the name every logged key starts with (``screening``, ``refined``).
         ema_decay: weight moving average decay (§4.2.2: 0.9); None trains and evaluates the raw weights.
         max_epochs: the stage's epochs (the pipeline caps them at ``trainer.max_epochs``).
         monitor: validation metric for checkpoint selection, without the stage prefix (``val/ap``).
@@ -70,7 +70,6 @@ class PatchClassifier(SupervisedModule):
         loss: nn.Module,
         optimizer: Callable[..., torch.optim.Optimizer],
         schedule: dict[str, Sequence[float]] | None = None,
-        stage: str = "screening",
         ema_decay: float | None = 0.9,
         max_epochs: int = 10,
         monitor: str = "val/ap",
@@ -97,8 +96,6 @@ class PatchClassifier(SupervisedModule):
         )
         if self.ema is not None:
             self.ema.requires_grad_(False)  # not optimised (and not "unused parameters" under DDP)
-        self.stage = stage
-        self.log_prefix = f"{stage}/"
 
     def inference_net(self) -> nn.Module:
         """The network used for evaluation, mining and detection: the EMA copy when there is one."""
@@ -154,4 +151,4 @@ class PatchClassifier(SupervisedModule):
         return {"scheduler": scheduler, "interval": "step"}
 
 
-__all__ = ["PatchClassifier", "check_schedule", "piecewise_constant"]
+__all__ = ["ChsnetPatchClassifier", "check_schedule", "piecewise_constant"]
