@@ -69,13 +69,17 @@ def _mining(fold: int) -> dict:
     return {
         "stages": {
             "mining": {
-                "fp": 100 * fold,
-                "tp": 50,
-                "fn": 1,
-                "recall_pos": 0.99 - 0.001 * fold,
-                "recall_neg": 0.87,
-                "precision": 0.4,
-                "f1": 0.55,
+                "status": "ran",
+                "folder": "02_mining",
+                "metrics": {
+                    "mining/fp": 100 * fold,
+                    "mining/tp": 50,
+                    "mining/fn": 1,
+                    "mining/recall_pos": 0.99 - 0.001 * fold,
+                    "mining/recall_neg": 0.87,
+                    "mining/precision": 0.4,
+                    "mining/f1": 0.55,
+                },
             }
         }
     }

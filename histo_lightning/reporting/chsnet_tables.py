@@ -67,10 +67,17 @@ def _settings(jobs: list[Job]) -> list[Setting]:
 
 
 def mining_report(job: Job) -> dict[str, Any] | None:
-    """The job's hard-example-mining counts (``stages.mining`` of run_info.json), or None."""
-    stages = (job.info or {}).get("stages") or {}
-    report = stages.get("mining")
-    return report if isinstance(report, dict) and "fp" in report else None
+    """The job's hard-example-mining counts, or None.
+
+    Read from the mining stage's record in run_info.json (``stages.mining.metrics``, the stage-prefixed
+    ``mining/fp``, ``mining/tp``, ... that the stage logged), prefix removed.
+    """
+    stage = ((job.info or {}).get("stages") or {}).get("mining") or {}
+    metrics = stage.get("metrics") if isinstance(stage, dict) else None
+    if not isinstance(metrics, dict):
+        return None
+    report = {k.split("/", 1)[1]: v for k, v in metrics.items() if "/" in k}
+    return report if "fp" in report else None
 
 
 def _count(value: float | None) -> str:
