@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from histo_lightning.utils.seeding import seed_transform
+
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
     """``(H, W, 3)`` uint8 → ``(3, H, W)`` float32 in [0, 1] (used when no transform is configured)."""
@@ -54,6 +56,8 @@ class ImageTableDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         pixels = self.images[int(self.image_ids[i])]
+        if self.transform is not None:
+            seed_transform(self.transform)  # reproducible augmentation (utils/seeding.py)
         image = (
             to_tensor(pixels) if self.transform is None else self.transform(image=pixels)["image"]
         )
