@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import SMOKE, run_cli
 
 
@@ -27,3 +29,29 @@ def test_the_same_command_twice_gives_identical_metrics(data_dir: Path, tmp_path
     assert {"torch", "pytorch_lightning", "numpy"} <= set(machine["versions"])
     assert "torch_deterministic_algorithms" in machine["deterministic"]
     assert "trainer_deterministic" in info
+
+
+@pytest.mark.slow
+def test_the_chsnet_pipeline_twice_gives_identical_metrics(data_dir: Path, tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    common = [
+        "experiment=chsnet",
+        "dataset=tupac16_synthetic",
+        "dataset.synthetic.preset=tiny",
+        "model.net.width=0.0625",
+        "debug=smoke",
+        "callbacks.rich_progress_bar=null",
+        "callbacks.model_summary=null",
+        f"paths.data_dir={data_dir}",
+        f"paths.log_dir={logs}",
+    ]
+    runs = []
+    for run_id in ("first", "second"):
+        result = run_cli([*common, f"run_id={run_id}"])
+        assert result.returncode == 0, result.stderr[-3000:]
+        runs.append(logs / "chsnet" / "runs" / run_id)
+    assert (runs[0] / "metrics.json").read_bytes() == (runs[1] / "metrics.json").read_bytes()
+    # the stages' validation losses too (continuous: equal only if training was bit-identical)
+    stages = [json.loads((run / "run_info.json").read_text())["stages"] for run in runs]
+    for stage in ("screening", "refined"):
+        assert stages[0][stage]["metrics"] == stages[1][stage]["metrics"]

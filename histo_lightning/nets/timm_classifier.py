@@ -9,10 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import timm
-import torch
 from torch import Tensor, nn
 
 from histo_lightning.errors import ConfigError
+from histo_lightning.utils.checkpoints import load_checkpoint
 
 TORCHVISION_PREFIX = "tv:"
 
@@ -113,9 +113,9 @@ class TimmClassifier(nn.Module):
             from safetensors.torch import load_file
 
             state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            state = state.get("state_dict", state) if isinstance(state, dict) else state
+        else:  # without unpickling: a file that needs pickle is refused in one line
+            state = load_checkpoint(path, key="model.net.weights_path")
+            state = state.get("state_dict", state)
         backbone_keys = set(self.backbone.state_dict())
         filtered = {k: v for k, v in state.items() if k in backbone_keys}
         missing = backbone_keys - set(filtered)
