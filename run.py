@@ -1,14 +1,18 @@
 """histo-lightning entry point: ``python run.py experiment=NAME fold=K`` (``-m`` for sweeps).
 
-Composes ``conf/train.yaml`` with the command-line overrides and runs :func:`histo_lightning.train.run`.
+Checks the command line (:func:`histo_lightning.cli.check_command_line`), composes ``conf/train.yaml``
+with the overrides and runs :func:`histo_lightning.train.run`.
 """
 
 from __future__ import annotations
+
+import sys
 
 import hydra
 from omegaconf import DictConfig
 
 import histo_lightning.utils.resolvers  # noqa: F401  (registers ${hl.root:} and friends)
+from histo_lightning.cli import check_command_line
 from histo_lightning.train import run
 
 
@@ -18,4 +22,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    check_command_line(sys.argv[1:])  # an unknown option or key, bad syntax: one error line
     main()

@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import WandbLogger
 
 from histo_lightning.errors import ConfigError, HistoError
+from histo_lightning.utils.environment import machine_info
 from histo_lightning.utils.failures import log_traceback_to_files, one_line, write_failure
 from histo_lightning.utils.instantiate import build
 from histo_lightning.utils.io import write_json_atomic, write_text_atomic
@@ -96,7 +97,8 @@ def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
 
 
 def run_metadata() -> dict[str, Any]:
-    """Where and with what a run ran: git commit, host, library versions."""
+    """Where and with what a run ran: git commit, host, library versions, and ``machine``: what can
+    make two machines differ (:func:`~histo_lightning.utils.environment.machine_info`)."""
     return {
         "git_commit": _git_commit(),
         "host": platform.node(),
@@ -105,7 +107,16 @@ def run_metadata() -> dict[str, Any]:
             "pytorch_lightning": pl.__version__,
             "python": platform.python_version(),
         },
+        "machine": machine_info(),
     }
+
+
+def departures_from_paper(cfg: DictConfig) -> dict[str, Any]:
+    """``{"departures_from_paper": [...]}`` when the experiment lists them (the demos do), else ``{}``."""
+    departures = cfg.get("departures_from_paper")
+    if not departures:
+        return {}
+    return {"departures_from_paper": OmegaConf.to_container(departures, resolve=True)}
 
 
 def write_run_report(
@@ -117,7 +128,8 @@ def write_run_report(
 ) -> None:
     """Write ``metrics.json`` (the ``test/*`` metrics), ``run_info.json`` and ``skipped_images.txt``.
 
-    Call on global rank 0 only. ``info`` adds task-specific entries to ``run_info.json``.
+    Call on global rank 0 only. ``info`` adds task-specific entries to ``run_info.json``, which also
+    records the experiment's ``departures_from_paper`` (when it lists them) and the machine.
     """
     output_dir = Path(cfg.paths.output_dir)
     test_metrics = {k: v for k, v in metrics.items() if k.startswith("test/")}
@@ -132,7 +144,9 @@ def write_run_report(
             "seed": cfg.get("seed"),
             "data": datamodule.describe(),
             "synthetic_data": datamodule.is_synthetic,
+            **departures_from_paper(cfg),
             **info,
+            "trainer_deterministic": cfg.get("trainer", {}).get("deterministic"),
             "duration_s": round(time.time() - started, 1),
             **run_metadata(),
         },

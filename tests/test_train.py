@@ -143,10 +143,12 @@ def test_missing_ckpt_path_is_named(make_cfg) -> None:
 
 def test_optimized_metric_must_be_logged(make_cfg, capsys) -> None:
     cfg = make_cfg(["experiment=breakhis_baseline", *SMOKE, "optimized_metric=val/not_a_metric"])
-    with pytest.raises(SystemExit) as exit_info:
+    with pytest.raises(SystemExit) as stopped:  # a user error: one line, exit code 2
         run(cfg)
-    assert exit_info.value.code == 2
+    assert stopped.value.code == 2
     assert "error: optimized_metric=val/not_a_metric was never logged" in capsys.readouterr().err
+    # the run had started: its folder is marked as failed, not half-written
+    assert (Path(cfg.paths.output_dir) / "failed.json").is_file()
 
 
 def test_wandb_without_account_logs_offline_into_the_run_dir(make_cfg, caplog) -> None:

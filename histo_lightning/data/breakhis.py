@@ -169,7 +169,15 @@ _FOLD_COLUMNS = {
 
 
 def _read_folds_csv(path: Path) -> pd.DataFrame:
-    frame = pd.read_csv(path, dtype=str)
+    try:
+        frame = pd.read_csv(path, dtype=str)
+    except pd.errors.EmptyDataError:
+        raise DatasetLayoutError(
+            f"{path} is empty; expected a header 'fold,mag,grp,filename' and one row per image and fold"
+        ) from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        reason = " ".join(str(err).split())
+        raise DatasetLayoutError(f"{path} is not a readable CSV ({reason})") from None
     renamed = {c: _FOLD_COLUMNS.get(c.strip().lower()) for c in frame.columns}
     if {"fold", "grp", "filename"} - set(renamed.values()):
         raise DatasetLayoutError(
@@ -208,6 +216,10 @@ def read_official_folds(root: str | Path, table: pd.DataFrame) -> tuple[pd.DataF
             break
     else:
         return None
+    if frame.empty:
+        raise DatasetLayoutError(
+            f"{source} has no rows; expected one 'fold,mag,grp,filename' row per image and fold"
+        )
     frame = frame.assign(
         filename=frame["filename"].map(lambda f: Path(str(f).replace("\\", "/")).name),
         subset=frame["grp"].str.strip().str.lower(),
@@ -221,12 +233,26 @@ def read_official_folds(root: str | Path, table: pd.DataFrame) -> tuple[pd.DataF
         raise DatasetLayoutError(f"{source}: fold column must hold integers ({err})") from err
     patient_of = dict(zip(table["filename"], table["patient"]))
     frame["patient"] = frame["filename"].map(patient_of)
-    unknown = frame["patient"].isna().sum()
-    if unknown:
-        log.info(
-            f"{source}: {unknown} rows name images not in use (other magnifications, or absent under the root); ignored"
+    in_use = set(table["magnification"])
+    unknown = frame[frame["patient"].isna()]
+    parsed = [parse_filename(name) for name in unknown["filename"]]
+    absent = sorted(
+        {
+            name
+            for name, p in zip(unknown["filename"], parsed)
+            if p is None or p["magnification"] in in_use
+        }
+    )
+    if absent:
+        raise DatasetLayoutError(
+            f"{source} names {len(absent)} image(s) that are not under {root}, e.g. {absent[0]}; "
+            f"expected every image it lists in {LAYOUT} (an incomplete download?)"
         )
+    if len(unknown):
+        log.info(f"{source}: {len(unknown)} rows name images at magnifications not in use; ignored")
     frame = frame.dropna(subset=["patient"])
+    if frame.empty:
+        raise DatasetLayoutError(f"{source} lists none of the images in use under {root}")
     return frame[["fold", "patient", "subset"]], str(source)
 
 

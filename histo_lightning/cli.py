@@ -1,0 +1,163 @@
+"""Command-line errors before Hydra starts: an unknown option, a misspelt key, bad override syntax.
+
+``run.py`` calls :func:`check_command_line` first. It composes ``conf/train.yaml`` with the command line's
+overrides (for a sweep, the first value of each swept key) the way Hydra will, and turns the three
+mistakes a user makes most into one ``error:`` line and exit code 2, like every other user error:
+
+* an option that does not exist (``experiment=chsnet_dmeo``): names the group and lists its options;
+* a key that does not exist (``trainer.max_epoch=3``): names it, suggests the closest existing key and
+  says how to add a new one (``+key=value``);
+* an override Hydra cannot parse (``fold=[``).
+
+Anything else, and every command with other Hydra flags (``--cfg``, ``--info``, ``-cn``, ...), is left to
+Hydra as before; ``HYDRA_FULL_ERROR=1`` skips the check so that Hydra's own traceback shows. In a
+sweep, every option of a swept config group is checked (``experiment=chsnet_demo,chsnet_dmeo``); other
+swept keys with their first value only (the rest are checked by Hydra when their job starts).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+CONFIG_NAME = "train"
+_PASS_FLAGS = ("-m", "--multirun", "-r", "--run")
+
+
+class CommandLineError(Exception):
+    """A command-line mistake, reported in one line."""
+
+
+def _first_values(overrides: Sequence[str]) -> tuple[list[str], list[list[str]]]:
+    """The overrides with every sweep replaced by its first value (interval and glob sweeps dropped),
+    and, for each sweep over a config group of ``conf/``, the same list with each of its other values."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    parser = OverridesParser.create()
+    single: list[str] = []
+    alternatives: list[tuple[int, list[str]]] = []
+    for text in overrides:
+        try:
+            (override,) = parser.parse_overrides([text])
+        except OverrideParseException as err:
+            reason = str(err).splitlines()[0]
+            raise CommandLineError(
+                f"cannot parse the override {text!r}: {reason} (syntax: "
+                "https://hydra.cc/docs/advanced/override_grammar/basic)"
+            ) from None
+        if not override.is_sweep_override():
+            single.append(text)
+        elif override.is_discrete_sweep() and not override.value_type.name.startswith("GLOB"):
+            values = list(override.sweep_string_iterator())
+            if values:
+                key = override.get_key_element()
+                if (CONF / override.key_or_group).is_dir():  # a config group: check every option
+                    alternatives.append((len(single), [f"{key}={v}" for v in values[1:]]))
+                single.append(f"{key}={values[0]}")
+    variants = []
+    for position, others in alternatives:
+        for other in others:
+            variant = list(single)
+            variant[position] = other
+            variants.append(variant)
+    return single, variants
+
+
+def _closest_key(cfg: DictConfig, dotted: str) -> str | None:
+    parent, _, leaf = dotted.rpartition(".")
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    if not isinstance(node, DictConfig):
+        return None
+    match = difflib.get_close_matches(leaf, [str(k) for k in node], n=1, cutoff=0.6)
+    return f"{parent}.{match[0]}" if match and parent else (match[0] if match else None)
+
+
+def _compose(overrides: list[str]) -> DictConfig:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    import histo_lightning.utils.resolvers  # noqa: F401  (${hl.root:})
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            return compose(config_name=CONFIG_NAME, overrides=overrides, return_hydra_config=True)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def _missing_key_message(text: str, overrides: list[str]) -> str | None:
+    """``key: no such key ...`` for Hydra's "Could not override 'key'" message, or None."""
+    marker = "Could not override '"
+    if marker not in text:
+        return None
+    key = text.split(marker, 1)[1].split("'", 1)[0]
+    rest = [o for o in overrides if not o.lstrip("+~").startswith(f"{key}=")]
+    try:
+        suggestion = _closest_key(_compose(rest), key)
+    except Exception:
+        suggestion = None
+    hint = f" (did you mean {suggestion}?)" if suggestion else ""
+    value = next((o.split("=", 1)[1] for o in overrides if o.startswith(f"{key}=")), "...")
+    return f"{key}: no such key in the config{hint}; to add a new key use +{key}={value}"
+
+
+def explain(overrides: Sequence[str]) -> str | None:
+    """The one-line error of composing the config with ``overrides``, or None if it composes.
+
+    Only the mistakes listed in the module docstring are explained; other failures return None
+    (Hydra reports them itself).
+    """
+    try:
+        single, variants = _first_values(overrides)
+    except CommandLineError as err:
+        return str(err)
+    for candidate in (single, *variants):
+        message = _explain_composition(candidate)
+        if message is not None:
+            return message
+    return None
+
+
+def _explain_composition(single: list[str]) -> str | None:
+    from hydra.errors import ConfigCompositionException, MissingConfigException
+
+    try:
+        _compose(single)
+    except MissingConfigException as err:
+        missing = str(err.missing_cfg_file or "")
+        group, _, option = missing.rpartition("/")
+        if err.options and group:
+            return (
+                f"{group}={option}: no such option; expected one of {', '.join(err.options)} "
+                f"(conf/{group}/*.yaml)"
+            )
+        return " ".join(str(err).split())
+    except ConfigCompositionException as err:
+        text = " ".join(str(err).split())
+        return _missing_key_message(str(err), single) or text
+    except Exception:
+        return None
+    return None
+
+
+def check_command_line(argv: Sequence[str]) -> None:
+    """Exit with one ``error:`` line (code 2) for the command-line mistakes of the module docstring."""
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        return
+    if any(arg.startswith("-") and arg not in _PASS_FLAGS for arg in argv):
+        return  # other Hydra flags: --cfg, --info, -cn, ... are Hydra's business
+    message = explain([arg for arg in argv if arg not in _PASS_FLAGS])
+    if message is not None:
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        raise SystemExit(2)
+
+
+__all__ = ["check_command_line", "explain"]
