@@ -65,9 +65,10 @@ def _contiguous(members: np.ndarray) -> bool:
 
 
 def _gather(array: Any, members: np.ndarray) -> np.ndarray:
-    """``array[members]`` (a slice when contiguous, so a memmap is read sequentially)."""
+    """``array[members]`` as a new writable array (read as one slice when contiguous, so a memmap is
+    read sequentially)."""
     if _contiguous(members):
-        return np.asarray(array[int(members[0]) : int(members[-1]) + 1])
+        return np.array(array[int(members[0]) : int(members[-1]) + 1])
     order = np.argsort(members, kind="stable")
     rows = np.asarray(array[members[order]])
     out = np.empty_like(rows)
@@ -155,7 +156,7 @@ class InstanceBagDataset(_BagDataset):
         )
 
     def _instances(self, members: np.ndarray) -> Tensor:
-        pixels = torch.from_numpy(np.ascontiguousarray(_gather(self.instances, members)))
+        pixels = torch.from_numpy(_gather(self.instances, members))
         x = pixels.permute(0, 3, 1, 2).float().div_(255.0)
         return random_dihedral(x) if self.augment else x.contiguous()
 
@@ -199,7 +200,7 @@ class FeatureBagDataset(_BagDataset):
         )
 
     def _instances(self, members: np.ndarray) -> Tensor:
-        return torch.from_numpy(np.asarray(_gather(self.features, members), dtype=np.float32))
+        return torch.from_numpy(_gather(self.features, members).astype(np.float32, copy=False))
 
 
 def collate_bags(items: Sequence[dict[str, Any]]) -> dict[str, Tensor]:

@@ -116,3 +116,23 @@ def test_ucsb_twin_names_and_determinism(ucsb_tiny: Path, tmp_path: Path) -> Non
     first = _files(generate_ucsb(tmp_path / "a", config, progress=False))
     assert first == _files(generate_ucsb(tmp_path / "b", config, progress=False))
     assert json.loads(first[MARKER_FILE])["synthetic"] is True
+
+
+def test_colon_truth_joins_the_store_instances_exactly(colon_tiny: Path, tmp_path: Path) -> None:
+    from histo_lightning.data.colon import build_colon_store
+
+    scan = scan_colon(colon_tiny)
+    store = build_colon_store(scan, tmp_path / "cache")
+    truth = pd.read_csv(colon_tiny / TRUTH_FILE)
+    truth = truth[truth["classified"] == 1]
+    bag_of = store.bag_of_instance()
+    keys = {(store.names[b], int(x), int(y)) for b, (x, y) in zip(bag_of, store.coords.tolist())}
+    truth_keys = set(zip(truth["image"], truth["col"], truth["row"]))
+    assert truth_keys == keys
+    epithelial = truth[truth["cls"] == "epithelial"]
+    key_coords = {
+        (store.names[b], int(x), int(y))
+        for b, (x, y), k in zip(bag_of, store.coords.tolist(), store.instance_labels)
+        if k == 1
+    }
+    assert set(zip(epithelial["image"], epithelial["col"], epithelial["row"])) == key_coords

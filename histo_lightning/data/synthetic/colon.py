@@ -6,7 +6,9 @@ The tree written by :func:`generate_colon` is what :mod:`histo_lightning.data.co
     <root>/CRCHistoPhenotypes_2016_04_28/Classification/imgN/imgN_<class>.mat      `detection`, K×2 x,y 1-based
     <root>/CRCHistoPhenotypes_2016_04_28/Detection/imgN/imgN.bmp, imgN_detection.mat   every rendered nucleus
     <root>/SYNTHETIC_DATA.json        marks the tree as synthetic, holds the config and the counts
-    <root>/SYNTHETIC_TRUTH.csv        every rendered nucleus: class, kind (look-alike or not), classified
+    <root>/SYNTHETIC_TRUTH.csv        every rendered nucleus: x, y (1-based, as in the .mat), col, row (the
+                                      reader's 0-based centre pixel), class, kind (look-alike or not),
+                                      classified
 
 ``.mat`` files are MATLAB 5 written by ``scipy.io.savemat``; a class without nuclei in an image is an empty
 0×2 uint8 array, as in the release (e.g. ``img1_epithelial.mat`` of a negative image).
@@ -47,7 +49,13 @@ import cv2
 import numpy as np
 import scipy.io
 
-from histo_lightning.data.colon import CLASSIFICATION_DIR, KEY_CLASS, NUCLEUS_CLASSES, RELEASE_DIR
+from histo_lightning.data.colon import (
+    CLASSIFICATION_DIR,
+    KEY_CLASS,
+    NUCLEUS_CLASSES,
+    RELEASE_DIR,
+    centre_pixels,
+)
 from histo_lightning.data.synthetic.he_render import (
     Ellipses,
     StainStyle,
@@ -535,18 +543,21 @@ def _write_image(release: Path, config: SyntheticColonConfig, spec: ImageSpec) -
         except OSError:
             (detection / bmp.name).write_bytes(bmp.read_bytes())
         _save_detection(detection / f"{spec.name}_detection.mat", one_based)
+    pixels = centre_pixels(one_based, config.image_size, config.image_size, str(bmp))
     return [
         {
             "image": spec.name,
             "patient": spec.patient,
             "label": int(spec.positive),
-            "x": f"{x:.2f}",
-            "y": f"{y:.2f}",
+            "x": f"{x:.4f}",
+            "y": f"{y:.4f}",
+            "col": int(col),
+            "row": int(row),
             "cls": cls,
             "kind": kind,
             "classified": int(c),
         }
-        for (x, y), cls, kind, c in zip(one_based, classes, kinds, classified)
+        for (x, y), (col, row), cls, kind, c in zip(one_based, pixels, classes, kinds, classified)
     ]
 
 
