@@ -34,9 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from filelock import FileLock
 
-from histo_lightning.utils.io import atomic_dir, write_json_atomic
+from histo_lightning.utils.io import build_dir_once, write_json_atomic
 from histo_lightning.utils.logging import get_logger
 from histo_lightning.utils.progress import progress_bar
 
@@ -239,31 +238,30 @@ class InstanceStore(Bags):
             total: number of bags, for the progress bar.
             extra_manifest: JSON-able facts kept in ``manifest.json`` (e.g. the reader's counts).
         """
-        key = store_key(made_by)[:16]
-        folder = Path(cache_dir) / f"{name}-{KIND}-{key}"
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(folder) + ".lock"):
-            if (folder / "manifest.json").exists():
-                log.info(f"Instance store: reusing {folder}")
-            else:
-                cls._build(folder, made_by, bags, instance_shape, total, extra_manifest or {})
+        folder = Path(cache_dir) / f"{name}-{KIND}-{store_key(made_by)[:16]}"
+        built = build_dir_once(
+            folder,
+            "manifest.json",
+            lambda tmp: cls._build(tmp, made_by, bags, instance_shape, total, extra_manifest or {}),
+        )
+        log.info(f"Instance store: {'built' if built else 'reusing'} {folder}")
         touch_last_used(folder)
         return cls(folder)
 
     @staticmethod
     def _build(
-        folder: Path,
+        tmp: Path,
         made_by: dict[str, Any],
         bags: Iterable[Bag],
         instance_shape: tuple[int, int, int],
         total: int | None,
         extra_manifest: dict[str, Any],
     ) -> None:
-        log.info(f"Instance store: cutting instances once into {folder}")
+        """Cut every bag into ``tmp`` (the temporary folder that becomes the store)."""
         shape = tuple(int(v) for v in instance_shape)
         sizes, labels, names, origins, inst_labels, coords = [], [], [], [], [], []
-        with atomic_dir(folder) as tmp, progress_bar() as progress:
-            task = progress.add_task(f"bags of {folder.name.split('-')[0]}", total=total)
+        with progress_bar() as progress:
+            task = progress.add_task("cutting bags into the instance store", total=total)
             with (tmp / "instances.u8").open("wb") as out:
                 for bag in bags:
                     instances = np.ascontiguousarray(bag.instances, dtype=np.uint8)
@@ -284,28 +282,28 @@ class InstanceStore(Bags):
                     inst_labels.append(np.asarray(bag.instance_labels, dtype=np.int8))
                     coords.append(np.asarray(bag.coords, dtype=np.int32).reshape(n, 2))
                     progress.advance(task)
-            if not sizes:
-                raise ValueError(f"no bags to store in {folder}")
-            offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-            np.savez(
-                tmp / "index.npz",
-                offsets=offsets,
-                labels=np.asarray(labels, dtype=np.int64),
-                instance_labels=np.concatenate(inst_labels),
-                coords=np.concatenate(coords),
-            )
-            write_json_atomic(
-                tmp / "manifest.json",
-                {
-                    "format_version": FORMAT_VERSION,
-                    "instance_shape": list(shape),
-                    "n_instances": int(offsets[-1]),
-                    "names": names,
-                    "origins": origins,
-                    **extra_manifest,
-                },
-            )
-            write_cache_json(tmp, KIND, made_by, FORMAT_VERSION)
+        if not sizes:
+            raise ValueError("no bags to store")
+        offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        np.savez(
+            tmp / "index.npz",
+            offsets=offsets,
+            labels=np.asarray(labels, dtype=np.int64),
+            instance_labels=np.concatenate(inst_labels),
+            coords=np.concatenate(coords),
+        )
+        write_json_atomic(
+            tmp / "manifest.json",
+            {
+                "format_version": FORMAT_VERSION,
+                "instance_shape": list(shape),
+                "n_instances": int(offsets[-1]),
+                "names": names,
+                "origins": origins,
+                **extra_manifest,
+            },
+        )
+        write_cache_json(tmp, KIND, made_by, FORMAT_VERSION)
 
     @property
     def instances(self) -> np.ndarray:
