@@ -26,6 +26,7 @@ same outputs as its bags one at a time (``batch_size`` is a config value; the pa
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -198,6 +199,24 @@ class FeatureBagDataset(_BagDataset):
             bags.instance_labels,
             bags.coords,
         )
+
+    @classmethod
+    def from_offsets(
+        cls,
+        features: Any,
+        offsets: Sequence[int],
+        labels: Sequence[int],
+        instance_labels: np.ndarray | None = None,
+    ) -> FeatureBagDataset:
+        """Bag ``b`` = rows ``offsets[b]:offsets[b+1]`` of ``features`` (``len(offsets) = bags + 1``)."""
+        offsets = np.asarray(offsets, dtype=np.int64)
+        if len(offsets) != len(labels) + 1 or offsets[0] != 0 or offsets[-1] != len(features):
+            raise ValueError(
+                f"offsets must run from 0 to {len(features)} feature rows with one more entry than "
+                f"the {len(labels)} bags"
+            )
+        members = [np.arange(a, b) for a, b in pairwise(offsets)]
+        return cls(features, members, labels, instance_labels)
 
     def _instances(self, members: np.ndarray) -> Tensor:
         return torch.from_numpy(_gather(self.features, members).astype(np.float32, copy=False))

@@ -238,6 +238,11 @@ def test_feature_bags_train_the_same_model_with_an_identity_encoder() -> None:
     assert model.pooling.score.weight.grad is not None
     with pytest.raises(ValueError, match="feature rows"):
         FeatureBagDataset.from_bags(features[:-1], bags)
+    direct = FeatureBagDataset.from_offsets(features, bags.offsets, bags.labels)
+    assert torch.equal(direct[3]["instances"], dataset[3]["instances"])
+    assert direct[3]["label"] == 1 and (direct[3]["instance_labels"] == -1).all()
+    with pytest.raises(ValueError, match="offsets must run from 0"):
+        FeatureBagDataset.from_offsets(features, [0, 3, 7], [0, 1])
 
 
 def test_random_dihedral_keeps_each_instance_up_to_a_symmetry() -> None:
