@@ -39,11 +39,12 @@ dataset: numbers on it say nothing about the method's real performance.
 from __future__ import annotations
 
 import csv
-import json
+import io
 import logging
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar
 
 import cv2
 import numpy as np
@@ -72,14 +73,7 @@ from histo_lightning.data.synthetic.he_render import (
     smooth_noise,
     soften,
 )
-from histo_lightning.data.synthetic.tree import (
-    MARKER_FILE,
-    config_fingerprint,
-    ensure_tree,
-    marker_matches,
-    write_tree_atomically,
-)
-from histo_lightning.utils.progress import progress_bar
+from histo_lightning.data.synthetic.tree import SyntheticConfig, SyntheticGenerator, run_tasks
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +95,7 @@ PRESETS: dict[str, dict] = {
 
 
 @dataclass(frozen=True)
-class SyntheticColonConfig:
+class SyntheticColonConfig(SyntheticConfig):
     """Parameters of a synthetic Colon tree (all of them enter the fingerprint).
 
     Attributes:
@@ -136,6 +130,7 @@ class SyntheticColonConfig:
     unclassified_fraction: float = 0.25
     write_detection: bool = True
     seed: int = 0
+    generator_version: ClassVar[int] = GENERATOR_VERSION
 
     def __post_init__(self) -> None:
         if self.n_images < 2 or self.n_patients < 1:
@@ -155,12 +150,6 @@ class SyntheticColonConfig:
         if preset not in PRESETS:
             raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
         return cls(**{**PRESETS[preset], **overrides})
-
-    def to_json_dict(self) -> dict:
-        return json.loads(json.dumps(asdict(self)))
-
-    def fingerprint(self) -> str:
-        return config_fingerprint(self.to_json_dict(), GENERATOR_VERSION)
 
 
 def _um(v: float) -> float:
@@ -506,13 +495,28 @@ def render_colon_image(
 # --------------------------------------------------------------------------------------------
 
 
+#: the 116-byte text field of a MATLAB 5 header; scipy writes the current time there, so a fixed text
+#: keeps the files byte-identical between generations
+_MAT_HEADER = b"MATLAB 5.0 MAT-file, Platform: posix, written by histo-lightning (synthetic)".ljust(116)
+
+
 def _save_detection(path: Path, points: np.ndarray) -> None:
     """``detection`` = K×2 float64 (x, y) 1-based, or the release's empty 0×2 uint8 array."""
     value = points.astype(np.float64) if len(points) else np.zeros((0, 2), dtype=np.uint8)
-    scipy.io.savemat(str(path), {"detection": value})
+    buffer = io.BytesIO()
+    scipy.io.savemat(buffer, {"detection": value})
+    path.write_bytes(_MAT_HEADER + buffer.getvalue()[len(_MAT_HEADER) :])
 
 
-def _write_image(release: Path, config: SyntheticColonConfig, spec: ImageSpec) -> list[dict]:
+@dataclass(frozen=True)
+class _ImageTask:
+    release: str
+    config: SyntheticColonConfig
+    spec: ImageSpec
+
+
+def _write_image(task: _ImageTask) -> list[dict]:
+    release, config, spec = Path(task.release), task.config, task.spec
     rng = np.random.default_rng(np.random.SeedSequence([config.seed, _IMAGE_TAG, spec.number]))
     stain = patient_stain(config.seed, spec.patient)
     rgb, centres, classes, kinds = render_colon_image(
@@ -561,26 +565,24 @@ def _write_image(release: Path, config: SyntheticColonConfig, spec: ImageSpec) -
     ]
 
 
-def _write_tree(tmp: Path, config: SyntheticColonConfig, progress: bool) -> None:
+def _write_tree(
+    tmp: Path, config: SyntheticColonConfig, workers: int, progress: bool
+) -> dict[str, Any]:
+    """Render every image into the (empty) folder ``tmp``, write the truth table; the marker's counts."""
     release = tmp / RELEASE_DIR
     specs = build_images(config)
-    rows: list[dict] = []
-    with progress_bar() as bar:
-        task = bar.add_task("Synthetic Colon", total=len(specs), visible=progress)
-        for spec in specs:
-            rows.extend(_write_image(release, config, spec))
-            bar.advance(task)
+    tasks = [_ImageTask(str(release), config, spec) for spec in specs]
+    rows = [
+        r
+        for image in run_tasks(_write_image, tasks, workers, "Synthetic Colon", progress)
+        for r in image
+    ]
     with (tmp / TRUTH_FILE).open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]), lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
     classified = [r for r in rows if r["classified"]]
-    marker = {
-        "synthetic": True,
-        "dataset": "colon",
-        "generator": __name__,
-        "generator_version": GENERATOR_VERSION,
-        "config": config.to_json_dict(),
+    return {
         "n_images": len(specs),
         "n_positive_images": sum(s.positive for s in specs),
         "n_nuclei_rendered": len(rows),
@@ -590,31 +592,21 @@ def _write_tree(tmp: Path, config: SyntheticColonConfig, progress: bool) -> None
         },
         "n_lookalikes_classified": sum(r["kind"].startswith("lookalike") for r in classified),
         "microns_per_pixel": 1.0 / PX_PER_UM,
-        "note": "Synthetic data generated by histo-lightning; not CRCHistoPhenotypes. "
-        "Numbers on it say nothing about real performance.",
     }
-    (tmp / MARKER_FILE).write_text(json.dumps(marker, indent=2) + "\n")
 
 
-def generate_colon(root: str | Path, config: SyntheticColonConfig, progress: bool = True) -> Path:
-    """Write a synthetic Colon tree at ``root`` atomically (see the module docstring) and return it."""
-    return write_tree_atomically(Path(root), lambda tmp: _write_tree(tmp, config, progress))
-
-
-def ensure_synthetic_colon(
-    data_dir: str | Path, config: SyntheticColonConfig, progress: bool = True
-) -> Path:
-    """The synthetic tree for ``config`` at ``data_dir/synthetic/colon-<fingerprint>``, generated once."""
-    root = Path(data_dir) / "synthetic" / f"colon-{config.fingerprint()}"
-    return ensure_tree(
-        root,
-        lambda r: marker_matches(r, GENERATOR_VERSION, config.to_json_dict()),
-        lambda tmp: _write_tree(tmp, config, progress),
-        "SYNTHETIC Colon",
-    )
+#: the generator (dataset, display name, module, config from a preset, writer; see SyntheticGenerator)
+GENERATOR = SyntheticGenerator(
+    "colon", "CRCHistoPhenotypes", __name__, SyntheticColonConfig.from_preset, _write_tree
+)
+#: write a synthetic Colon tree at ``root`` atomically (see the module docstring) and return it
+generate_colon = GENERATOR.generate
+#: the synthetic tree for a config at ``data_dir/synthetic/colon-<fingerprint>``, generated once
+ensure_synthetic_colon = GENERATOR.ensure
 
 
 __all__ = [
+    "GENERATOR",
     "GENERATOR_VERSION",
     "PRESETS",
     "SyntheticColonConfig",

@@ -29,10 +29,10 @@ dataset: numbers on it say nothing about the method's real performance.
 
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar
 
 import cv2
 import numpy as np
@@ -54,15 +54,8 @@ from histo_lightning.data.synthetic.he_render import (
     smooth_noise,
     soften,
 )
-from histo_lightning.data.synthetic.tree import (
-    MARKER_FILE,
-    config_fingerprint,
-    ensure_tree,
-    marker_matches,
-    write_tree_atomically,
-)
+from histo_lightning.data.synthetic.tree import SyntheticConfig, SyntheticGenerator, run_tasks
 from histo_lightning.data.ucsb import IMAGE_DIR, IMAGE_SIZE, N_BENIGN, N_MALIGNANT
-from histo_lightning.utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +77,7 @@ PRESETS: dict[str, dict] = {
 
 
 @dataclass(frozen=True)
-class SyntheticUcsbConfig:
+class SyntheticUcsbConfig(SyntheticConfig):
     """Parameters of a synthetic UCSB tree (all of them enter the fingerprint).
 
     Attributes:
@@ -108,6 +101,7 @@ class SyntheticUcsbConfig:
     lookalikes_malignant: float = 1.0
     core_edge_probability: float = 0.5
     seed: int = 0
+    generator_version: ClassVar[int] = GENERATOR_VERSION
 
     def __post_init__(self) -> None:
         if self.n_benign < 1 or self.n_malignant < 1:
@@ -129,12 +123,6 @@ class SyntheticUcsbConfig:
         if "image_size" in fields:
             fields["image_size"] = tuple(fields["image_size"])
         return cls(**fields)
-
-    def to_json_dict(self) -> dict:
-        return json.loads(json.dumps(asdict(self)))
-
-    def fingerprint(self) -> str:
-        return config_fingerprint(self.to_json_dict(), GENERATOR_VERSION)
 
 
 def _um(v: float) -> float:
@@ -328,33 +316,37 @@ def render_ucsb_image(
 # --------------------------------------------------------------------------------------------
 
 
-def _write_tree(tmp: Path, config: SyntheticUcsbConfig, progress: bool) -> None:
-    images = tmp / IMAGE_DIR
-    truth = tmp / TRUTH_DIR
-    images.mkdir()
-    truth.mkdir()
+@dataclass(frozen=True)
+class _ImageTask:
+    root: str
+    config: SyntheticUcsbConfig
+    spec: UcsbImageSpec
+
+
+def _write_image(task: _ImageTask) -> float:
+    """Render and write one TIFF and its truth mask; the image's tumour share."""
+    config, spec = task.config, task.spec
+    rng = np.random.default_rng(np.random.SeedSequence([config.seed, _IMAGE_TAG, spec.index]))
+    stain = tma_stain(config.seed, spec.tma)
+    rgb, mask = render_ucsb_image(rng, config.image_size, stain, spec.malignant, config)
+    root = Path(task.root)
+    tifffile.imwrite(root / IMAGE_DIR / spec.name, rgb, photometric="rgb", compression="packbits")
+    stem = spec.name.rsplit(".", 1)[0]
+    if not cv2.imwrite(str(root / TRUTH_DIR / f"{stem}.png"), mask):
+        raise OSError(f"could not write the truth mask of {spec.name}")
+    return float((mask > 0).mean())
+
+
+def _write_tree(
+    tmp: Path, config: SyntheticUcsbConfig, workers: int, progress: bool
+) -> dict[str, Any]:
+    """Render every image into the (empty) folder ``tmp``; the marker's counts."""
+    (tmp / IMAGE_DIR).mkdir()
+    (tmp / TRUTH_DIR).mkdir()
     specs = build_images(config)
-    tumour_share = []
-    with progress_bar() as bar:
-        task = bar.add_task("Synthetic UCSB", total=len(specs), visible=progress)
-        for spec in specs:
-            rng = np.random.default_rng(
-                np.random.SeedSequence([config.seed, _IMAGE_TAG, spec.index])
-            )
-            stain = tma_stain(config.seed, spec.tma)
-            rgb, mask = render_ucsb_image(rng, config.image_size, stain, spec.malignant, config)
-            tifffile.imwrite(images / spec.name, rgb, photometric="rgb", compression="packbits")
-            stem = spec.name.rsplit(".", 1)[0]
-            if not cv2.imwrite(str(truth / f"{stem}.png"), mask):
-                raise OSError(f"could not write the truth mask of {spec.name}")
-            tumour_share.append(float((mask > 0).mean()))
-            bar.advance(task)
-    marker = {
-        "synthetic": True,
-        "dataset": "ucsb",
-        "generator": __name__,
-        "generator_version": GENERATOR_VERSION,
-        "config": config.to_json_dict(),
+    tasks = [_ImageTask(str(tmp), config, spec) for spec in specs]
+    tumour_share = run_tasks(_write_image, tasks, workers, "Synthetic UCSB", progress)
+    return {
         "n_images": len(specs),
         "n_benign": config.n_benign,
         "n_malignant": config.n_malignant,
@@ -362,31 +354,21 @@ def _write_tree(tmp: Path, config: SyntheticUcsbConfig, progress: bool) -> None:
             float(np.mean([s for s, spec in zip(tumour_share, specs) if spec.malignant])), 4
         ),
         "truth": f"{TRUTH_DIR}/<stem>.png: 255 where tumour (not part of the real dataset)",
-        "note": "Synthetic data generated by histo-lightning; not the UCSB breast cancer set. "
-        "Numbers on it say nothing about real performance.",
     }
-    (tmp / MARKER_FILE).write_text(json.dumps(marker, indent=2) + "\n")
 
 
-def generate_ucsb(root: str | Path, config: SyntheticUcsbConfig, progress: bool = True) -> Path:
-    """Write a synthetic UCSB tree at ``root`` atomically (see the module docstring) and return it."""
-    return write_tree_atomically(Path(root), lambda tmp: _write_tree(tmp, config, progress))
-
-
-def ensure_synthetic_ucsb(
-    data_dir: str | Path, config: SyntheticUcsbConfig, progress: bool = True
-) -> Path:
-    """The synthetic tree for ``config`` at ``data_dir/synthetic/ucsb-<fingerprint>``, generated once."""
-    root = Path(data_dir) / "synthetic" / f"ucsb-{config.fingerprint()}"
-    return ensure_tree(
-        root,
-        lambda r: marker_matches(r, GENERATOR_VERSION, config.to_json_dict()),
-        lambda tmp: _write_tree(tmp, config, progress),
-        "SYNTHETIC UCSB",
-    )
+#: the generator (dataset, display name, module, config from a preset, writer; see SyntheticGenerator)
+GENERATOR = SyntheticGenerator(
+    "ucsb", "the UCSB breast cancer set", __name__, SyntheticUcsbConfig.from_preset, _write_tree
+)
+#: write a synthetic UCSB tree at ``root`` atomically (see the module docstring) and return it
+generate_ucsb = GENERATOR.generate
+#: the synthetic tree for a config at ``data_dir/synthetic/ucsb-<fingerprint>``, generated once
+ensure_synthetic_ucsb = GENERATOR.ensure
 
 
 __all__ = [
+    "GENERATOR",
     "GENERATOR_VERSION",
     "PRESETS",
     "TRUTH_DIR",
