@@ -78,7 +78,11 @@ def _gather(array: Any, members: np.ndarray) -> np.ndarray:
 
 
 class _BagDataset(Dataset):
-    """Bags given by member lists over instance-level arrays (see the module docstring)."""
+    """Bags given by member lists over instance-level arrays (see the module docstring).
+
+    ``pad_to``: :meth:`collate_fn` pads every batch to at least this many instances (predict datasets
+    set it to their largest bag, so every bag's per-instance outputs have the same width).
+    """
 
     def __init__(
         self,
@@ -86,6 +90,7 @@ class _BagDataset(Dataset):
         labels: Sequence[int],
         instance_labels: np.ndarray | None = None,
         coords: np.ndarray | None = None,
+        pad_to: int | None = None,
     ) -> None:
         if len(members) != len(labels):
             raise ValueError(f"{len(members)} member lists for {len(labels)} bag labels")
@@ -95,9 +100,18 @@ class _BagDataset(Dataset):
         self.labels = np.asarray(labels, dtype=np.int64)
         self.instance_labels = instance_labels
         self.coords = coords
+        self.pad_to = pad_to
 
     def __len__(self) -> int:
         return len(self.members)
+
+    @property
+    def sizes(self) -> np.ndarray:
+        return np.array([len(m) for m in self.members], dtype=np.int64)
+
+    def collate_fn(self, items: Sequence[dict[str, Any]]) -> dict[str, Tensor]:
+        """:func:`collate_bags` with this dataset's ``pad_to`` (DataLoaders and predict stages use it)."""
+        return collate_bags(items, self.pad_to)
 
     def _instances(self, members: np.ndarray) -> Tensor:  # pragma: no cover - overridden
         raise NotImplementedError
@@ -136,8 +150,9 @@ class InstanceBagDataset(_BagDataset):
         instance_labels: np.ndarray | None = None,
         coords: np.ndarray | None = None,
         augment: bool = False,
+        pad_to: int | None = None,
     ) -> None:
-        super().__init__(members, labels, instance_labels, coords)
+        super().__init__(members, labels, instance_labels, coords, pad_to)
         self.instances = instances
         self.augment = augment
 
@@ -176,10 +191,11 @@ class FeatureBagDataset(_BagDataset):
         labels: Sequence[int],
         instance_labels: np.ndarray | None = None,
         coords: np.ndarray | None = None,
+        pad_to: int | None = None,
     ) -> None:
         if np.ndim(features) != 2:
             raise ValueError(f"features must be an (N, D) matrix, got shape {np.shape(features)}")
-        super().__init__(members, labels, instance_labels, coords)
+        super().__init__(members, labels, instance_labels, coords, pad_to)
         self.features = features
 
     @classmethod
@@ -222,10 +238,37 @@ class FeatureBagDataset(_BagDataset):
         return torch.from_numpy(_gather(self.features, members).astype(np.float32, copy=False))
 
 
-def collate_bags(items: Sequence[dict[str, Any]]) -> dict[str, Tensor]:
-    """Pad a list of bag items to the largest bag with a mask (see the module docstring)."""
+class InstanceDataset(Dataset):
+    """Single instances of an ``(N, H, W, C)`` uint8 array, e.g. every instance of a dataset through a
+    frozen encoder into the feature cache (FMB's features, feature bags).
+
+    Items: ``{"index": i, "image": (3, H, W) float32 in [0, 1], "label": instance label}``; one-channel
+    instances (digits, MNIST) are repeated to three channels for RGB encoders.
+    """
+
+    def __init__(
+        self, instances: Any, labels: np.ndarray | None = None, rows: np.ndarray | None = None
+    ) -> None:
+        self.instances = instances
+        self.rows = np.arange(len(instances)) if rows is None else np.asarray(rows, np.int64)
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        row = int(self.rows[i])
+        pixels = torch.from_numpy(np.array(self.instances[row])).permute(2, 0, 1).float() / 255.0
+        if pixels.shape[0] == 1:
+            pixels = pixels.expand(3, -1, -1).contiguous()
+        label = -1 if self.labels is None else int(self.labels[row])
+        return {"index": i, "image": pixels, "label": label}
+
+
+def collate_bags(items: Sequence[dict[str, Any]], pad_to: int | None = None) -> dict[str, Tensor]:
+    """Pad a list of bag items to the largest bag (at least ``pad_to``) with a mask (module docstring)."""
     sizes = torch.tensor([len(item["instances"]) for item in items], dtype=torch.long)
-    n_max = int(sizes.max())
+    n_max = max(int(sizes.max()), int(pad_to or 0))
     batch = len(items)
     first = items[0]["instances"]
     instances = first.new_zeros((batch, n_max, *first.shape[1:]))
@@ -252,4 +295,10 @@ def collate_bags(items: Sequence[dict[str, Any]]) -> dict[str, Tensor]:
     }
 
 
-__all__ = ["FeatureBagDataset", "InstanceBagDataset", "collate_bags", "random_dihedral"]
+__all__ = [
+    "FeatureBagDataset",
+    "InstanceBagDataset",
+    "InstanceDataset",
+    "collate_bags",
+    "random_dihedral",
+]

@@ -47,6 +47,7 @@ import pandas as pd
 import scipy.io
 from PIL import Image
 
+from histo_lightning.data.bag_datamodule import BagDataModule
 from histo_lightning.data.image_store import BadImage, files_key, read_rgb
 from histo_lightning.data.instance_store import Bag, InstanceStore, relative_origin
 from histo_lightning.errors import ConfigError, CorruptImageError, DatasetLayoutError
@@ -347,6 +348,79 @@ def build_colon_store(
     )
 
 
+class ColonDataModule(BagDataModule):
+    """Colon cancer bags for one fold (Li et al. §4.0.1: 10-fold CV over the 100 images, five repetitions).
+
+    Args:
+        fold, split, repeat, augment, protocol, batch sizes, ...: see
+            :class:`~histo_lightning.data.bag_datamodule.BagDataModule`.
+        root: the folder holding ``CRCHistoPhenotypes_2016_04_28/`` (or that folder); unused with
+            ``synthetic`` (``dataset=colon_synthetic``: generated once under ``synthetic_dir``).
+        patch_size: instance side in pixels (27, Ilse et al. / Li et al.).
+        border: how patches over the image border are filled (``reflect``, ``replicate``, ``constant``).
+        empty_bags: an image without any classified nucleus: ``error`` (default) or ``skip``.
+    """
+
+    dataset_name = "colon"
+    display_name = "Colon cancer (CRCHistoPhenotypes)"
+    root_hint = f"the folder holding {RELEASE_DIR}/ (or that folder itself)"
+    synthetic_module = "histo_lightning.data.synthetic.colon"
+    instance_noun = "nuclei"
+    heatmap_style = "markers"
+
+    def __init__(
+        self,
+        fold: int,
+        split: Any,
+        patch_size: int = PATCH_SIZE,
+        border: str = "reflect",
+        empty_bags: str = "error",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(fold, split, **kwargs)
+        if border not in BORDER_MODES:
+            raise ConfigError(f"dataset.border={border!r} is not one of {sorted(BORDER_MODES)}")
+        if empty_bags not in EMPTY_BAG_POLICIES:
+            raise ConfigError(
+                f"dataset.empty_bags={empty_bags!r} is not one of {EMPTY_BAG_POLICIES}"
+            )
+        self.patch = int(patch_size)
+        self.border = border
+        self.empty_bags = empty_bags
+        self.scan: ColonScan | None = None
+
+    def read_bags(self) -> InstanceStore:
+        scan = scan_colon(self.root, self.empty_bags)
+        known = {b.path for b in self.skipped}
+        self.skipped += [b for b in scan.skipped if b.path not in known]
+        self.scan = scan
+        return build_colon_store(
+            scan, self.cache_dir / "instances", self.patch, self.border, name=self.name
+        )
+
+    def image_path(self, bag: int) -> Path | None:
+        assert self.scan is not None
+        return Path(self.scan.images["path"].iloc[bag])
+
+    def data_key(self) -> str:
+        assert isinstance(self.bags, InstanceStore)
+        return self.bags.folder.name
+
+    def sample_settings(self) -> dict[str, Any]:
+        return {
+            **super().sample_settings(),
+            "patch_size": self.patch,
+            "border": self.border,
+            "empty_bags": self.empty_bags,
+        }
+
+    def describe(self) -> dict[str, Any]:
+        info = super().describe()
+        if self.scan is not None:
+            info["reader"] = self.scan.describe()
+        return info
+
+
 __all__ = [
     "CLASSIFICATION_DIR",
     "KEY_CLASS",
@@ -354,6 +428,7 @@ __all__ = [
     "NUCLEUS_CLASSES",
     "PATCH_SIZE",
     "RELEASE_DIR",
+    "ColonDataModule",
     "ColonScan",
     "build_colon_store",
     "centre_pixels",

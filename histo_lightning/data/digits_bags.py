@@ -30,15 +30,22 @@ gives the authors' code's ``int(N(mean, std))`` instead.
 from __future__ import annotations
 
 import gzip
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
+import pandas as pd
+import sklearn.datasets
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
+from histo_lightning.data.bag_datamodule import BAG_SUBSETS, BagDataModule
 from histo_lightning.data.instance_store import BagArrays
+from histo_lightning.data.splits import carve_validation
 from histo_lightning.errors import ConfigError, DatasetLayoutError
+from histo_lightning.mil.folds import repeat_seed
 
 TARGET_DIGIT = 9
 SAMPLING = ("balanced", "unbalanced")
@@ -256,10 +263,182 @@ def describe_bags(bags: dict[str, BagArrays]) -> dict[str, dict]:
     return {subset: b.describe() for subset, b in bags.items()}
 
 
+# --------------------------------------------------------------------------------------------
+# Data modules
+# --------------------------------------------------------------------------------------------
+
+
+class DigitBagsDataModule(BagDataModule):
+    """Bags of digit images (Ilse et al. §5.1): training bags from the training pool, test bags from the
+    disjoint test pool, validation bags carved from the training bags (``split.val_fraction``).
+
+    There are no folds (``fold`` must be 1); ``repeat`` r draws other bags (sampling seed
+    ``seed + 1000 · (r − 1)``) and, in the experiments, reseeds training: Ilse et al. report the mean
+    over five such repetitions.
+
+    Args:
+        fold, split, repeat, protocol, batch sizes, ...: see
+            :class:`~histo_lightning.data.bag_datamodule.BagDataModule` (``augment`` is off: digits
+            are not rotation-invariant).
+        target, mean_bag_size, std_bag_size, n_train_bags, n_test_bags, sampling, size_rounding, seed:
+            :class:`BagSampling` (the bag-drawing protocol).
+    """
+
+    heatmap_style = "mosaic"
+    instance_noun = "digits"
+    pool_kind: ClassVar[str] = ""
+
+    def __init__(
+        self,
+        fold: int,
+        split: Any,
+        target: int = TARGET_DIGIT,
+        mean_bag_size: float = 10.0,
+        std_bag_size: float = 2.0,
+        n_train_bags: int = 100,
+        n_test_bags: int = 200,
+        sampling: str = "balanced",
+        size_rounding: str = "round",
+        seed: int = 1,
+        augment: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(fold, split, augment=augment, **kwargs)
+        if fold != 1:
+            raise ConfigError(
+                f"fold={fold}: {self.display_name} has one training/test protocol (disjoint pools, "
+                "Ilse et al. §5.1), so fold must be 1; use repeat=1,2,… for repetitions"
+            )
+        self.spec = BagSampling(
+            target=target,
+            mean_bag_size=mean_bag_size,
+            std_bag_size=std_bag_size,
+            n_train_bags=n_train_bags,
+            n_test_bags=n_test_bags,
+            sampling=sampling,
+            size_rounding=size_rounding,
+            seed=repeat_seed(seed, self.repeat),
+        )
+        self.subset_bags: dict[str, BagArrays] = {}
+
+    def pools(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        raise NotImplementedError
+
+    def read_bags(self) -> BagArrays:
+        made = make_bags(self.pools(), self.spec)
+        self.subset_bags = made
+        train, test = made["train"], made["test"]
+        n_train = len(train)
+        return BagArrays(
+            np.concatenate([train.instances, test.instances]),
+            np.concatenate([train.offsets, test.offsets[1:] + train.offsets[-1]]),
+            np.concatenate([train.labels, test.labels]),
+            np.concatenate([train.instance_labels, test.instance_labels]),
+            np.concatenate([train.coords, test.coords]),
+            [*train.names, *test.names],
+            [f"{self.pool_kind}:train-pool" for _ in range(n_train)]
+            + [f"{self.pool_kind}:test-pool" for _ in range(len(test))],
+        )
+
+    def bag_subsets(self) -> dict[str, np.ndarray]:
+        assert self.bags is not None
+        n_train = self.spec.n_train_bags
+        train = np.arange(n_train)
+        table = pd.DataFrame(
+            {"patient": np.asarray(self.bags.names)[train], "label": self.bags.labels[train]}
+        )
+        val_names = carve_validation(
+            table, self.split_spec.val_fraction, seed=self.split_spec.seed * 1000 + 1
+        )
+        is_val = np.isin(np.asarray(self.bags.names)[train], sorted(val_names))
+        return {
+            "train": train[~is_val],
+            "val": train[is_val],
+            "test": np.arange(n_train, len(self.bags)),
+        }
+
+    def fold_members(self) -> dict[str, list[str]]:
+        self.setup()
+        assert self.bags is not None
+        names = np.asarray(self.bags.names)
+        return {s: sorted(names[self.bag_ids[s]].tolist()) for s in BAG_SUBSETS}
+
+    def data_key(self) -> str:
+        assert self.bags is not None
+        sha = hashlib.sha256()
+        for array in (self.bags.instances, self.bags.offsets, self.bags.labels):
+            sha.update(np.ascontiguousarray(array).tobytes())
+        return sha.hexdigest()[:16]
+
+    def sample_settings(self) -> dict[str, Any]:
+        return {**super().sample_settings(), "sampling": self.spec.__dict__}
+
+    def describe(self) -> dict[str, Any]:
+        info = super().describe()
+        info["bag_sampling"] = self.spec.__dict__
+        info.pop("split", None)
+        info["validation_fraction"] = self.split_spec.val_fraction
+        return info
+
+
+class DigitsBagsDataModule(DigitBagsDataModule):
+    """``digits_bags``: scikit-learn's bundled 8×8 digits (no download); see :class:`DigitBagsDataModule`.
+
+    Args:
+        test_pool_fraction: share of the 1,797 images in the test pool (stratified by digit).
+        pool_seed: the seed of that pool split.
+    """
+
+    dataset_name = "digits_bags"
+    display_name = "digits bags (scikit-learn 8×8 digits, Ilse's MNIST-bags protocol)"
+    root_hint = "nothing (scikit-learn ships the digits)"
+    pool_kind = "sklearn-digits"
+
+    def __init__(
+        self,
+        fold: int,
+        split: Any,
+        test_pool_fraction: float = 0.5,
+        pool_seed: int = 0,
+        root: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        bundled = Path(sklearn.datasets.__file__).parent / "data"
+        super().__init__(fold, split, root=root or str(bundled), **kwargs)
+        self.test_pool_fraction = float(test_pool_fraction)
+        self.pool_seed = int(pool_seed)
+
+    def pools(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        return digits_pools(self.test_pool_fraction, self.pool_seed)
+
+    def sample_settings(self) -> dict[str, Any]:
+        return {
+            **super().sample_settings(),
+            "test_pool_fraction": self.test_pool_fraction,
+            "pool_seed": self.pool_seed,
+        }
+
+
+class MnistBagsDataModule(DigitBagsDataModule):
+    """``mnist_bags``: MNIST's IDX files in torchvision's layout under ``dataset.root`` (training bags
+    from ``train``, test bags from ``t10k``); see :class:`DigitBagsDataModule`."""
+
+    dataset_name = "mnist_bags"
+    display_name = "MNIST bags (Ilse et al. 2018)"
+    root_hint = "the folder holding MNIST/raw/ (torchvision's layout)"
+    pool_kind = "mnist"
+
+    def pools(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        return mnist_pools(self.root)
+
+
 __all__ = [
     "MNIST_LAYOUT",
     "TARGET_DIGIT",
     "BagSampling",
+    "DigitBagsDataModule",
+    "DigitsBagsDataModule",
+    "MnistBagsDataModule",
     "describe_bags",
     "digits_bags",
     "digits_pools",

@@ -58,6 +58,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from histo_lightning.data.bag_datamodule import BagDataModule
 from histo_lightning.data.image_store import files_key, read_rgb
 from histo_lightning.data.instance_store import UNKNOWN, Bag, InstanceStore, relative_origin
 from histo_lightning.errors import ConfigError, DatasetLayoutError
@@ -83,6 +84,8 @@ LAYOUT = (
     "or <root> = the folder of those TIFFs"
 )
 SYNTHETIC_HINT = "for a synthetic stand-in in the same layout use dataset=ucsb_synthetic"
+#: where the synthetic twin keeps its tumour masks (not part of the real dataset)
+SYNTHETIC_TRUTH_DIR = "SYNTHETIC_TRUTH"
 
 
 @dataclass(frozen=True)
@@ -408,11 +411,66 @@ def filter_summary(store: InstanceStore) -> dict[str, Any]:
     return out
 
 
+class UcsbDataModule(BagDataModule):
+    """UCSB breast bags for one fold (Li et al. §4.0.1: 4-fold CV over the 58 images, five repetitions).
+
+    Args:
+        fold, split, repeat, augment, protocol, batch sizes, ...: see
+            :class:`~histo_lightning.data.bag_datamodule.BagDataModule`.
+        root: the folder holding ``Breast Cancer Cells/`` (or the folder of TIFFs); unused with
+            ``synthetic`` (``dataset=ucsb_synthetic``, whose tumour masks give instance labels).
+        patching: :class:`UcsbPatching` fields (patch size, background filter, equalisation).
+    """
+
+    dataset_name = "ucsb"
+    display_name = "UCSB breast cancer"
+    root_hint = f"the folder holding '{IMAGE_DIR}/' (or the folder of TIFFs itself)"
+    synthetic_module = "histo_lightning.data.synthetic.ucsb"
+    instance_noun = "patches"
+    heatmap_style = "grid"
+
+    def __init__(self, fold: int, split: Any, patching: Any = None, **kwargs: Any) -> None:
+        super().__init__(fold, split, **kwargs)
+        try:
+            self.patching = UcsbPatching(**dict(patching or {}))
+        except TypeError as err:
+            raise ConfigError(f"dataset.patching: {err}") from None
+        self.scan: UcsbScan | None = None
+
+    def read_bags(self) -> InstanceStore:
+        scan = scan_ucsb(self.root)
+        self.scan = scan
+        truth = self.root / SYNTHETIC_TRUTH_DIR if self.is_synthetic else None
+        return build_ucsb_store(
+            scan, self.cache_dir / "instances", self.patching, truth, name=self.name
+        )
+
+    def image_path(self, bag: int) -> Path | None:
+        assert self.scan is not None
+        return Path(self.scan.images["path"].iloc[bag])
+
+    def data_key(self) -> str:
+        assert isinstance(self.bags, InstanceStore)
+        return self.bags.folder.name
+
+    def sample_settings(self) -> dict[str, Any]:
+        return {**super().sample_settings(), "patching": self.patching.__dict__}
+
+    def describe(self) -> dict[str, Any]:
+        info = super().describe()
+        if self.scan is not None and isinstance(self.bags, InstanceStore):
+            info["reader"] = self.scan.describe()
+            info["background_filter"] = filter_summary(self.bags)
+        return info
+
+
 __all__ = [
     "IMAGE_DIR",
     "LAYOUT",
     "NAME_PATTERN",
     "PATCH_SIZE",
+    "SYNTHETIC_TRUTH_DIR",
+    "UcsbDataModule",
     "UcsbName",
     "UcsbPatching",
     "UcsbScan",

@@ -55,13 +55,19 @@ from histo_lightning.data.synthetic.he_render import (
     soften,
 )
 from histo_lightning.data.synthetic.tree import SyntheticConfig, SyntheticGenerator, run_tasks
-from histo_lightning.data.ucsb import IMAGE_DIR, IMAGE_SIZE, N_BENIGN, N_MALIGNANT
+from histo_lightning.data.ucsb import (
+    IMAGE_DIR,
+    IMAGE_SIZE,
+    N_BENIGN,
+    N_MALIGNANT,
+    SYNTHETIC_TRUTH_DIR,
+)
 
 log = logging.getLogger(__name__)
 
 GENERATOR_VERSION = 1
 PX_PER_UM = 2.0
-TRUTH_DIR = "SYNTHETIC_TRUTH"
+TRUTH_DIR = SYNTHETIC_TRUTH_DIR
 UPPER_CASE_TMA = 49
 TMAS = ((10, "010704"), (12, "010804"), (23, "022103"), (49, "111003"), (55, "030603"))
 _TMA_TAG, _IMAGE_TAG = 0x7A3A, 0x1A6F
