@@ -2,7 +2,15 @@
 
 from histo_lightning.models.cascade import CascadeDetector
 from histo_lightning.models.classifier import ImageClassifier
+from histo_lightning.models.mil import EncoderFeatures, MILModule
 from histo_lightning.models.mitosis import PatchClassifier
 from histo_lightning.models.similarity import SimilarityClassifier
 
-__all__ = ["CascadeDetector", "ImageClassifier", "PatchClassifier", "SimilarityClassifier"]
+__all__ = [
+    "CascadeDetector",
+    "EncoderFeatures",
+    "ImageClassifier",
+    "MILModule",
+    "PatchClassifier",
+    "SimilarityClassifier",
+]

@@ -30,6 +30,7 @@ Pooling (``(h (B, n, M), mask) → (z (B, M), w (B, n))``):
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -37,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 ATTENTION_KINDS = ("tanh", "gated", "softsign")
+POOLINGS = (*ATTENTION_KINDS, "mean", "max")
 
 
 # --------------------------------------------------------------------------------------------
@@ -327,8 +329,77 @@ class MILClassifier(nn.Module):
         return {"logit": logit, "prob": torch.sigmoid(logit), "attention": weights, "embedding": z}
 
 
+# --------------------------------------------------------------------------------------------
+# Built from config
+# --------------------------------------------------------------------------------------------
+
+#: instance encoders by their config name (``model.net.encoder.name``)
+ENCODERS: dict[str, type[nn.Module]] = {
+    "ilse_cnn": IlseHistoCNN,
+    "lenet": LeNetEncoder,
+    "timm": TimmEncoder,
+    "identity": IdentityEncoder,
+}
+
+
+def build_instance_encoder(spec: Mapping[str, Any] | nn.Module) -> nn.Module:
+    """An instance encoder from ``{name: ilse_cnn|lenet|timm|identity, **its arguments}`` (or as given).
+
+    The datasets' configs name the paper's encoder (``dataset.protocol.encoder``): ``ilse_cnn`` with
+    ``patch_size`` 27 (Colon) or 32 (UCSB), ``lenet`` with ``image_size`` 8 (digits) or 28 (MNIST).
+    Keys set to None are left out (a derived config drops a key of the one it extends that way, e.g.
+    ``{name: identity, dim: 512, patch_size: null}``).
+    """
+    if isinstance(spec, nn.Module):
+        return spec
+    settings = {k: v for k, v in dict(spec).items() if v is not None}
+    name = settings.pop("name", None)
+    if name not in ENCODERS:
+        raise ValueError(f"model.net.encoder.name={name!r} is not one of {sorted(ENCODERS)}")
+    try:
+        return ENCODERS[name](**settings)
+    except TypeError as err:
+        raise ValueError(f"model.net.encoder ({name}): {err}") from None
+
+
+def build_mil_classifier(
+    encoder: Mapping[str, Any] | nn.Module,
+    pooling: str = "tanh",
+    attention_dim: int = 128,
+    aw_factor: float = 1.0,
+    aw_at_eval: bool = False,
+    instance_chunk: int = 0,
+) -> MILClassifier:
+    """Encoder → pooling → linear head (``model.net`` of the ``mil_*`` model configs).
+
+    Args:
+        encoder: an encoder spec (:func:`build_instance_encoder`) or module.
+        pooling: ``tanh`` (Ilse Eq. 8, the tables' "MIL Model"), ``gated`` (Ilse Eq. 9), ``softsign``
+            (Li Eq. 1), ``mean`` or ``max``.
+        attention_dim: L, the attention network's hidden size (Ilse: 128).
+        aw_factor, aw_at_eval: Li Eq. 2's λ and whether it also applies in evaluation (see
+            :class:`WeightedPooling`; ``mil_aw``: λ = 2, training only).
+        instance_chunk: encode at most this many instances at once (0: all).
+    """
+    net = build_instance_encoder(encoder)
+    dim = int(net.dim)
+    if pooling in ATTENTION_KINDS:
+        pool: nn.Module = AttentionPooling(dim, attention_dim, pooling, aw_factor, aw_at_eval)
+    elif pooling == "mean":
+        pool = MeanPooling(dim, aw_factor=aw_factor, aw_at_eval=aw_at_eval)
+    elif pooling == "max":
+        if aw_factor != 1.0:
+            raise ValueError("adaptive weighting (aw_factor != 1) needs weighted pooling, not max")
+        pool = MaxPooling(dim)
+    else:
+        raise ValueError(f"model.net.pooling={pooling!r} is not one of {POOLINGS}")
+    return MILClassifier(net, pool, instance_chunk)
+
+
 __all__ = [
     "ATTENTION_KINDS",
+    "ENCODERS",
+    "POOLINGS",
     "AttentionPooling",
     "IdentityEncoder",
     "IlseHistoCNN",
@@ -339,6 +410,8 @@ __all__ = [
     "TimmEncoder",
     "WeightedPooling",
     "adaptive_weighted_sum",
+    "build_instance_encoder",
+    "build_mil_classifier",
     "masked_softmax",
     "pseudo_negatives",
 ]
