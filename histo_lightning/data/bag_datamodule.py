@@ -44,7 +44,7 @@ from histo_lightning.data.bags import (
     InstanceDataset,
     _BagDataset,
 )
-from histo_lightning.data.base import BaseDataModule, digest, settings_dict
+from histo_lightning.data.base import BaseDataModule, settings_dict
 from histo_lightning.data.instance_store import Bags
 from histo_lightning.errors import ConfigError
 from histo_lightning.mil.folds import bag_table, repeat_spec
@@ -319,18 +319,11 @@ class BagDataModule(BaseDataModule):
 
     # ---- identity ----------------------------------------------------------------------------------
     def sample_settings(self) -> dict[str, Any]:
-        return {
-            "repeat": self.repeat,
-            "augment": self.augment,
-            "instances": "features" if self.features is not None else "pixels",
-            "features": self.features_source,
-            "generated": None
-            if not self.generated
-            else {
-                "source": self.generated_source,
-                "digest": digest([m.tolist() for m in self.generated]),
-            },
-        }
+        """The dataset's own sample settings. What the pipeline changes (feature bags, generated bags)
+        is not here: the stage configs that change it (their setup hooks) and the upstream stages that
+        produced it are in the runner's stage fingerprints, and a rerun that skips those stages must
+        compute the same data fingerprint as the run that ran them."""
+        return {"repeat": self.repeat, "augment": self.augment}
 
     def describe(self) -> dict[str, Any]:
         """Counts of images, bags, instances, positive bags and key instances, overall and per subset."""

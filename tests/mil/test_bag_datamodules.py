@@ -141,7 +141,8 @@ def test_feature_bags_and_generated_bags(data_dir: Path) -> None:
     assert loader.dataset.labels[-2:].tolist() == [0, 0]
     assert len(module.predict_dataset("train")) == n_train  # mining sees the dataset's bags only
     assert module.describe()["train"]["generated_negative_bags"] == 2
-    assert module.fingerprint() != before
+    # what the pipeline changes is in its stage fingerprints, not in the data's
+    assert module.fingerprint() == before
 
 
 def test_fingerprint_ignores_batch_sizes(data_dir: Path) -> None:
