@@ -1,0 +1,58 @@
+"""Li et al.'s Table 1/2 layout over a sweep: per repetition the mean over folds, then mean ± SE."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from histo_lightning.reporting.mil_tables import main, mil_table, read_jobs, write_table
+
+
+def job(sweep: Path, n: int, method: str, fold: int, repeat: int, acc: float | None) -> None:
+    folder = sweep / f"{n}_{method}_fold{fold}_r{repeat}"
+    (folder / ".hydra").mkdir(parents=True)
+    config = {"task_name": method, "fold": fold, "repeat": repeat, "dataset": {"_target_": "x"}}
+    (folder / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    (folder / "run_info.json").write_text(
+        json.dumps({"data": {"dataset": "colon_synthetic-abc"}, "synthetic_data": True})
+    )
+    if acc is not None:
+        (folder / "metrics.json").write_text(json.dumps({"test/acc": acc, "test/fpr": 1 - acc}))
+
+
+def test_table_means_over_folds_then_mean_and_standard_error_over_repeats(tmp_path: Path) -> None:
+    n = 0
+    # mil_aw: repeat 1 folds 0.8, 0.6 (mean 0.7); repeat 2 folds 0.9, 0.9 (mean 0.9); repeat 3 folds 1.0
+    for repeat, values in ((1, (0.8, 0.6)), (2, (0.9, 0.9)), (3, (1.0,))):
+        for fold, value in enumerate(values, start=1):
+            job(tmp_path, n, "mil_aw", fold, repeat, value)
+            n += 1
+    job(tmp_path, n, "mil_hnm", 1, 1, 0.5)
+    job(tmp_path, n + 1, "mil_hnm", 2, 1, None)  # still running
+    job(tmp_path, n + 2, "breakhis_baseline", 1, 1, 0.1)  # not a MIL job
+    jobs = read_jobs([tmp_path])
+    assert {j["method"] for j in jobs} == {"mil_aw", "mil_hnm"}
+    [table] = mil_table(jobs)["tables"]
+    rows = {r["method"]: r for r in table["rows"]}
+    assert [r["method"] for r in table["rows"]] == ["mil_aw", "mil_hnm"]  # the paper's order
+    acc = rows["mil_aw"]["cells"]["test/acc"]
+    means = [0.7, 0.9, 1.0]
+    se = math.sqrt(sum((m - sum(means) / 3) ** 2 for m in means) / 2) / math.sqrt(3)
+    assert acc["mean"] == pytest.approx(sum(means) / 3) and acc["se"] == pytest.approx(se)
+    assert rows["mil_hnm"]["cells"]["test/acc"]["se"] is None  # one repetition: no standard error
+    assert len(rows["mil_hnm"]["missing"]) == 1
+    assert table["synthetic"] and table["title"].startswith("Table 1")
+
+    md = write_table([tmp_path])[1]
+    text = md.read_text()
+    assert "| Our Model (softsign + AW) | 0.867 ± 0.088 |" in text
+    assert "| Our Model + FMB | 0.500 ± – |" in text and "1 job(s) without metrics" in text
+
+
+def test_cli_refuses_a_sweep_without_mil_jobs(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="no MIL job"):
+        main([str(tmp_path)])
