@@ -8,7 +8,7 @@ FPR (the paper's), then the instance-level attention AUROC (ours; where instance
 the paper's order: MIL Model (``mil_ilse``), Our Model (``mil_aw``), +SB, +MB, +FMB (``mil_hnm``).
 
 ``python -m histo_lightning.reporting.mil_tables <sweep dir> [...]`` writes ``mil_table.md`` and
-``mil_table.json`` into the (first) sweep folder; :class:`MILTableCallback` (``conf/hydra/default.yaml``)
+``mil_table.json`` into the (first) sweep folder holding MIL jobs (``logs/mil/multiruns/<time>``); :class:`MILTableCallback` (``conf/hydra/default.yaml``)
 does so after every job of a sweep that holds MIL jobs and prints it when the sweep ends. Jobs are found
 by their ``.hydra/config.yaml`` (``task_name``, ``fold``, ``repeat``, the dataset's name) and
 ``metrics.json``; jobs without metrics are listed as missing (running, killed or failed: ``failed.json``).
@@ -206,13 +206,27 @@ def to_markdown(table: dict[str, Any]) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+def sweep_folders(sweep_dir: str | Path) -> list[Path]:
+    """``sweep_dir`` and the folders of the same sweep under other task names.
+
+    Hydra names a sweep folder ``<log_dir>/<task_name>/multiruns/<time>`` with the task name of the config
+    it is composed from: the sweep's own (``train``, without the swept ``experiment``) and, for each job,
+    the job's. The MIL experiments share one (``<log_dir>/mil/multiruns/<time>``); older sweeps spread
+    their jobs over ``mil_ilse/``, ``mil_aw/``, ... with the same ``<time>``.
+    """
+    sweep_dir = Path(sweep_dir)
+    root = sweep_dir.parent.parent.parent
+    siblings = sorted(root.glob(f"*/multiruns/{sweep_dir.name}"))
+    return [sweep_dir, *(s for s in siblings if s.resolve() != sweep_dir.resolve())]
+
+
 def write_table(sweep_dirs: list[str | Path]) -> tuple[Path, Path] | None:
-    """Write ``mil_table.{json,md}`` into the first sweep folder; None when it holds no MIL job."""
+    """Write ``mil_table.{json,md}`` into the first folder holding MIL jobs; None when none does."""
     jobs = read_jobs(sweep_dirs)
     if not jobs:
         return None
     table = mil_table(jobs)
-    out = Path(sweep_dirs[0])
+    out = Path(jobs[0]["dir"]).parent
     return (
         write_json_atomic(out / "mil_table.json", table),
         write_text_atomic(out / "mil_table.md", to_markdown(table)),
@@ -230,12 +244,12 @@ class MILTableCallback(Callback):
         if config.hydra.mode != RunMode.MULTIRUN or not _is_rank_zero():
             return
         try:
-            write_table([config.hydra.sweep.dir])
+            write_table(sweep_folders(config.hydra.sweep.dir))
         except Exception as err:  # a report must never fail the job it reports on
             log.warning(f"could not update the MIL table: {err}")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        written = write_table([config.hydra.sweep.dir])
+        written = write_table(sweep_folders(config.hydra.sweep.dir))
         if written is not None:
             log.info(f"MIL table (Li et al. layout): {written[1]}\n{written[1].read_text()}")
 
@@ -244,7 +258,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep_dirs", nargs="+", help="Hydra multirun folder(s)")
     args = parser.parse_args(argv)
-    written = write_table(args.sweep_dirs)
+    folders = list(dict.fromkeys(f for d in args.sweep_dirs for f in sweep_folders(d)))
+    written = write_table(folders)
     if written is None:
         raise SystemExit(f"no MIL job ({', '.join(METHODS)}) under {args.sweep_dirs}")
     print(written[1].read_text())
@@ -254,4 +269,12 @@ if __name__ == "__main__":
     main()
 
 
-__all__ = ["COLUMNS", "METHODS", "MILTableCallback", "mil_table", "read_jobs", "write_table"]
+__all__ = [
+    "COLUMNS",
+    "METHODS",
+    "MILTableCallback",
+    "mil_table",
+    "read_jobs",
+    "sweep_folders",
+    "write_table",
+]

@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from histo_lightning.reporting.mil_tables import main, mil_table, read_jobs, write_table
+from histo_lightning.reporting.mil_tables import (
+    main,
+    mil_table,
+    read_jobs,
+    sweep_folders,
+    write_table,
+)
 
 
 def job(sweep: Path, n: int, method: str, fold: int, repeat: int, acc: float | None) -> None:
@@ -51,6 +57,17 @@ def test_table_means_over_folds_then_mean_and_standard_error_over_repeats(tmp_pa
     text = md.read_text()
     assert "| Our Model (softsign + AW) | 0.867 ± 0.088 |" in text
     assert "| Our Model + FMB | 0.500 ± – |" in text and "1 job(s) without metrics" in text
+
+
+def test_jobs_of_one_sweep_under_other_task_names_are_found(tmp_path: Path) -> None:
+    own = tmp_path / "train" / "multiruns" / "2026-01-01_00-00-00"
+    own.mkdir(parents=True)
+    job(tmp_path / "mil_aw" / "multiruns" / own.name, 0, "mil_aw", 1, 1, 0.5)
+    job(tmp_path / "mil_aw" / "multiruns" / "another_sweep", 0, "mil_aw", 1, 1, 0.9)
+    folders = sweep_folders(own)
+    assert folders[0] == own and len(folders) == 2
+    md = write_table(folders)[1]
+    assert md.parent.name == own.name and md.parent.parent.parent.name == "mil_aw"
 
 
 def test_cli_refuses_a_sweep_without_mil_jobs(tmp_path: Path) -> None:
