@@ -1,5 +1,6 @@
 """LightningModules: one per method, built from injected nets, losses and metrics."""
 
+from histo_lightning.models.base import SupervisedModule
 from histo_lightning.models.cascade import CascadeDetector
 from histo_lightning.models.classifier import ImageClassifier
 from histo_lightning.models.mil import EncoderFeatures, MILModule
@@ -13,4 +14,5 @@ __all__ = [
     "MILModule",
     "PatchClassifier",
     "SimilarityClassifier",
+    "SupervisedModule",
 ]

@@ -2,18 +2,31 @@
 
 * ``${hl.root:}``: the repository root (the folder holding ``conf/`` and ``histo_lightning/``), so that
   default paths do not depend on the directory ``run.py`` is started from or on environment variables.
-* ``${hl.repeat_seed:seed,repeat}``: the seed of repetition ``repeat`` (1-based) of a protocol,
+* ``${hl.if:<condition>,<then>,<else>}``: ``then`` when the condition is true, else ``else`` (e.g. which
+  stage's network a pipeline injects, by an ablation switch).
+* ``${hl.all:<a>,<b>,...}``: whether every argument is true (e.g. a stage enabled by two switches).
+* ``${hl.repeat_seed:<seed>,<repeat>}``: the seed of repetition ``repeat`` (1-based) of a protocol,
   ``seed + 1000 · (repeat − 1)`` (the MIL experiments reseed training with it, as their folds).
-* ``${hl.any:a,b,...}``: whether any argument is true (e.g. a stage enabled for either of two reasons).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from omegaconf import OmegaConf
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _if(condition: Any, then: Any, otherwise: Any = None) -> Any:
+    return then if _truth(condition) else otherwise
+
+
+def _truth(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("true", "1", "yes")
+    return bool(value)
 
 
 def _repeat_seed(seed: int, repeat: int) -> int:
@@ -22,16 +35,13 @@ def _repeat_seed(seed: int, repeat: int) -> int:
     return repeat_seed(int(seed), int(repeat))
 
 
-def _any(*values: object) -> bool:
-    return any(
-        str(v).lower() in ("true", "1", "yes") if isinstance(v, str) else bool(v) for v in values
-    )
-
-
 def register() -> None:
     OmegaConf.register_new_resolver("hl.root", lambda: str(PROJECT_ROOT), replace=True)
+    OmegaConf.register_new_resolver("hl.if", _if, replace=True)
+    OmegaConf.register_new_resolver(
+        "hl.all", lambda *values: all(map(_truth, values)), replace=True
+    )
     OmegaConf.register_new_resolver("hl.repeat_seed", _repeat_seed, replace=True)
-    OmegaConf.register_new_resolver("hl.any", _any, replace=True)
 
 
 register()

@@ -497,7 +497,9 @@ def render_colon_image(
 
 #: the 116-byte text field of a MATLAB 5 header; scipy writes the current time there, so a fixed text
 #: keeps the files byte-identical between generations
-_MAT_HEADER = b"MATLAB 5.0 MAT-file, Platform: posix, written by histo-lightning (synthetic)".ljust(116)
+_MAT_HEADER = b"MATLAB 5.0 MAT-file, Platform: posix, written by histo-lightning (synthetic)".ljust(
+    116
+)
 
 
 def _save_detection(path: Path, points: np.ndarray) -> None:
