@@ -1,8 +1,9 @@
 """Attention MIL as a LightningModule: bag classification with per-instance attention (Ilse et al. 2018,
 Li et al. §3.0.1), and the frozen instance encoder that feeds FMB's K-means and feature bags.
 
-:class:`MILModule` follows the supervised-module contract (CONTRACTS.md C2): the network (an
-:class:`~histo_lightning.nets.mil.MILClassifier` from ``model.net``), the loss (``loss=bag_bce``: the
+:class:`MILModule` derives from the supervised base (:class:`~histo_lightning.models.base.
+SupervisedModule`, CONTRACTS.md C2): the network (a :class:`~histo_lightning.nets.mil.MILClassifier`
+from ``model.net``), the loss (``loss=bag_bce``: the
 clamped bag cross-entropy), the optimiser (a partial; Adam β = (0.9, 0.999), Li §4.0.2) and the metric
 suite (a factory of :class:`~histo_lightning.metrics.mil.BagMetrics`) are injected; hyper-parameters hold
 plain data only (checkpoints load with ``weights_only=True``); ``val/<monitor>_best`` is the best over all
@@ -25,45 +26,21 @@ reads back from the feature cache.
 
 from __future__ import annotations
 
-import copy
-import math
-import warnings
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import Tensor, nn
-from torchmetrics import MeanMetric
 from torchmetrics.classification import BinaryAccuracy
 
 from histo_lightning.metrics.mil import BagMetrics, InstanceAttentionAUROC
+from histo_lightning.models.base import SupervisedModule
 
 Batch = dict[str, Tensor]
 
-warnings.filterwarnings(
-    "ignore", message=r"It is recommended to use `self.log\('(\w+/)?(val|test|train)/"
-)
 
-MONITOR_MODES = ("max", "min")
-BEST_KEY = "monitor_best"
-
-
-def _plain(value: Any, name: str) -> Any:
-    """``value`` as plain data (config nodes become containers); a ``TypeError`` naming ``name``."""
-    if isinstance(value, (DictConfig, ListConfig)):
-        value = OmegaConf.to_container(value, resolve=True)
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, (list, tuple)):
-        return type(value)(_plain(v, f"{name}[{i}]") for i, v in enumerate(value))
-    if isinstance(value, dict):
-        return {str(k): _plain(v, f"{name}.{k}") for k, v in value.items()}
-    raise TypeError(f"hyper-parameter {name} is a {type(value).__name__}, not plain data")
-
-
-class MILModule(pl.LightningModule):
+class MILModule(SupervisedModule):
     """Trains a MIL bag classifier on padded bag batches ``{instances, mask, label, instance_labels}``.
 
     Args:
@@ -71,12 +48,11 @@ class MILModule(pl.LightningModule):
             with ``prob`` and ``attention``).
         loss: ``loss(probs (B,), labels (B,))`` (``model.loss: ${loss}``).
         optimizer: a partial taking ``params``.
-        metrics: a factory of the bag metric suite (one for validation, one for test).
+        metrics: a factory of the bag metric suite (one for validation, one for test; default
+            :class:`~histo_lightning.metrics.mil.BagMetrics`).
         scheduler: an optional partial taking ``optimizer`` (stepped each epoch).
         monitor, monitor_mode: the validation metric checkpoints are chosen on (``val/loss``, min).
     """
-
-    injected: ClassVar[tuple[str, ...]] = ("net", "loss", "optimizer", "scheduler", "metrics")
 
     def __init__(
         self,
@@ -88,88 +64,51 @@ class MILModule(pl.LightningModule):
         monitor: str = "val/loss",
         monitor_mode: str = "min",
     ) -> None:
-        super().__init__()
-        if monitor_mode not in MONITOR_MODES:
-            raise ValueError(f"monitor_mode must be 'max' or 'min', got {monitor_mode!r}")
-        self.save_hyperparameters(logger=False, ignore=list(self.injected))
-        for key, value in list(self.hparams.items()):
-            self.hparams[key] = _plain(value, key)
-        self._hparams_initial = copy.deepcopy(self._hparams)
-        self.net = net
-        self.loss = loss
-        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
-        self.monitor, self.monitor_mode = monitor, monitor_mode
-        factory = metrics or BagMetrics
-        self.val_metrics, self.test_metrics = factory(), factory()
+        super().__init__(
+            net, loss, optimizer, metrics or BagMetrics, scheduler, monitor, monitor_mode
+        )
         self.val_instances, self.test_instances = InstanceAttentionAUROC(), InstanceAttentionAUROC()
-        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
         self.train_acc = BinaryAccuracy()
-        self.best_value: float | None = None
 
     # ---- the network -------------------------------------------------------------------------------
     def forward(self, instances: Tensor, mask: Tensor | None = None) -> dict[str, Tensor]:
         return self.net(instances, mask)
 
-    def step(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
-        """``(loss, outputs)`` of a padded batch of bags."""
+    def outputs(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+        """``(loss, network outputs)`` of a padded batch of bags."""
         out = self(batch["instances"], batch.get("mask"))
         return self.loss(out["prob"], batch["label"]), out
 
-    # ---- training ----------------------------------------------------------------------------------
-    def on_train_start(self) -> None:
-        # the sanity-check validation must not count
-        self.val_metrics.reset()
-        self.val_instances.reset()
-        self.val_loss.reset()
-
-    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        loss, out = self.step(batch)
-        n = len(batch["label"])
-        self.train_loss.update(loss.detach(), weight=n)
-        self.train_acc.update(out["prob"].detach(), batch["label"])
-        self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False, batch_size=n)
-        return loss
-
-    def on_train_epoch_end(self) -> None:
-        self.log("train/loss", self.train_loss.compute())
-        self.log("train/acc", self.train_acc.compute(), prog_bar=True)
-        self.train_loss.reset()
-        self.train_acc.reset()
+    def step(self, batch: Batch, stage: str) -> tuple[Tensor, Tensor]:
+        """``(loss, bag probabilities)``: the base's training loop counts bags and their accuracy."""
+        loss, out = self.outputs(batch)
+        return loss, out["prob"]
 
     # ---- evaluation --------------------------------------------------------------------------------
-    def _suite(self, stage: str) -> tuple[BagMetrics, InstanceAttentionAUROC, MeanMetric]:
-        if stage == "val":
-            return self.val_metrics, self.val_instances, self.val_loss
-        return self.test_metrics, self.test_instances, self.test_loss
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        self.val_instances.reset()  # the sanity-check validation must not count
 
     def evaluate(self, batch: Batch, stage: str) -> dict[str, Tensor]:
-        loss, out = self.step(batch)
-        metrics, instances, loss_metric = self._suite(stage)
-        loss_metric.update(loss, weight=len(batch["label"]))
-        metrics.update(out["prob"].float(), batch["label"])
+        """Update the ``stage`` loss, bag metrics and attention AUROC; the network's outputs."""
+        loss, out = self.outputs(batch)
+        n = len(batch["label"])
+        (self.val_loss if stage == "val" else self.test_loss).update(loss, weight=n)
+        (self.val_metrics if stage == "val" else self.test_metrics).update(
+            out["prob"].float(), batch["label"]
+        )
+        instances = self.val_instances if stage == "val" else self.test_instances
         instances.update(out["attention"], batch["instance_labels"], batch["mask"])
         return out
 
-    def epoch_values(self, stage: str) -> dict[str, Tensor]:
-        """The ``stage`` metrics of the epoch (undefined ones, e.g. the instance AUROC without instance
-        labels, left out), then reset."""
-        metrics, instances, loss_metric = self._suite(stage)
-        values = {**metrics.compute(), **instances.compute(), "loss": loss_metric.compute()}
-        metrics.reset()
+    def _epoch_values(self, stage: str) -> dict[str, Tensor]:
+        """The base's values plus the attention AUROC, the undefined ones (NaN: the instance AUROC
+        without instance labels, FPR without negative bags) left out."""
+        values = super()._epoch_values(stage)
+        instances = self.val_instances if stage == "val" else self.test_instances
+        values.update({f"{stage}/{k}": v for k, v in instances.compute().items()})
         instances.reset()
-        loss_metric.reset()
-        return {f"{stage}/{k}": v for k, v in values.items() if not torch.isnan(v).any()}
-
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        self.evaluate(batch, "val")
-
-    def on_validation_epoch_end(self) -> None:
-        values = self.epoch_values("val")
-        self.log_dict(values)
-        if self.monitor in values and not self.trainer.sanity_checking:
-            self.update_best(float(values[self.monitor]))
-            if self.best_value is not None:
-                self.log(f"{self.monitor}_best", torch.tensor(self.best_value), prog_bar=True)
+        return {k: v for k, v in values.items() if not torch.isnan(v).any()}
 
     def test_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
         out = self.evaluate(batch, "test")
@@ -179,9 +118,6 @@ class MILModule(pl.LightningModule):
             "attention": out["attention"].detach(),
             "mask": batch["mask"],
         }
-
-    def on_test_epoch_end(self) -> None:
-        self.log_dict(self.epoch_values("test"))
 
     def predict_step(
         self, batch: Batch, batch_idx: int, dataloader_idx: int = 0
@@ -193,33 +129,6 @@ class MILModule(pl.LightningModule):
             "prob": prob,
             "attention": attention,
             "scores": torch.cat([prob[:, None], attention], dim=1),
-        }
-
-    # ---- best so far, kept in checkpoints ----------------------------------------------------------
-    def update_best(self, value: float) -> None:
-        if math.isnan(value):
-            return
-        best = self.best_value
-        if best is None or (value > best if self.monitor_mode == "max" else value < best):
-            self.best_value = value
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[BEST_KEY] = {"monitor": self.monitor, "value": self.best_value}
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint.get(BEST_KEY)
-        if state is not None and state.get("monitor") == self.monitor:
-            self.best_value = state["value"]
-
-    # ---- optimisation ------------------------------------------------------------------------------
-    def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(params=self.parameters())
-        if self.scheduler_factory is None:
-            return optimizer
-        scheduler = self.scheduler_factory(optimizer=optimizer)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "epoch", "monitor": self.monitor},
         }
 
 
@@ -257,4 +166,4 @@ class EncoderFeatures(pl.LightningModule):
         return {"index": batch["index"], "features": self(batch["image"]).float()}
 
 
-__all__ = ["BEST_KEY", "EncoderFeatures", "MILModule"]
+__all__ = ["EncoderFeatures", "MILModule"]

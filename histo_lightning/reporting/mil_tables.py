@@ -1,26 +1,20 @@
-"""Li et al.'s Tables 1 and 2 from a sweep of the MIL experiments: one row per method.
+"""Li et al.'s Tables 1 and 2, registered as ``mil.table1`` (Colon) and ``mil.table2`` (UCSB).
 
-Table layout (Tables 1 and 2: "the average of five experiments with its corresponding standard error"):
-for each method, the test metrics are averaged over the folds of each repetition (``repeat``), then
-reported as the mean ± standard error over the repetitions (``SE = s / √R``, ``s`` the sample standard
-deviation, ddof 1; one repetition gives no SE: "–"). Columns: Accuracy, Precision, Recall, F-score, AUC,
-FPR (the paper's), then the instance-level attention AUROC (ours; where instance labels exist). Methods in
-the paper's order: MIL Model (``mil_ilse``), Our Model (``mil_aw``), +SB, +MB, +FMB (``mil_hnm``).
+One row per method, in the paper's order: MIL Model (``mil_ilse``), Our Model (``mil_aw``), +SB, +MB,
++FMB (``mil_hnm``). "The average of five experiments with its corresponding standard error": for each
+method the test metrics are averaged over the folds of each repetition (``repeat``), then reported as the
+mean ± standard error over the repetitions (``SE = s / √R``, ``s`` the sample standard deviation, ddof 1;
+one repetition has no SE: "–"). Columns: Accuracy, Precision, Recall, F-score, AUC, FPR (the paper's),
+then the instance-level attention AUROC (ours; where instance labels exist). Jobs of either real or
+synthetic Colon go into Table 1, of UCSB into Table 2 (the dataset's name heads the table).
 
-``python -m histo_lightning.reporting.mil_tables <sweep dir> [...]`` writes ``mil_table.md`` and
-``mil_table.json`` into the (first) sweep folder holding MIL jobs (``logs/mil/multiruns/<time>``); :class:`MILTableCallback` (``conf/hydra/default.yaml``)
-does so after every job of a sweep that holds MIL jobs and prints it when the sweep ends. Jobs are found
-by their ``.hydra/config.yaml`` (``task_name``, ``fold``, ``repeat``, the dataset's name) and
-``metrics.json``; jobs without metrics are listed as missing (running, killed or failed: ``failed.json``).
-
-Awaits the shared table-layout registry (issue 8): until it lands, the layout is this module's function
-:func:`mil_table` over the sweep's jobs.
+Sweeps of several MIL experiments at once (``-m experiment=mil_ilse,mil_aw,...``) get ``mil_tables.md``
+and ``.json`` after every job from :class:`MILTableCallback` (``conf/hydra/default.yaml``; a no-op for
+other sweeps); or ``python -m histo_lightning.reporting.tables <sweep dir> --layout mil.table1``.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import os
 from collections import defaultdict
@@ -28,13 +22,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 from hydra.core.utils import JobReturn
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from histo_lightning.utils.io import write_json_atomic, write_text_atomic
+from histo_lightning.reporting.sweep import Job, read_jobs
+from histo_lightning.reporting.tables import (
+    group_jobs,
+    markdown_table,
+    register_table,
+    table_result,
+    write_report,
+)
 from histo_lightning.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -57,153 +57,90 @@ COLUMNS = {
     "test/fpr": "FPR",
     "test/inst_auroc": "Instance AUROC",
 }
-TABLE_NAMES = {"colon": "Table 1 (Colon cancer)", "ucsb": "Table 2 (UCSB breast)"}
+#: the data module of each table's dataset (real or synthetic twin)
+TABLE_DATASETS = {"table1": "ColonDataModule", "table2": "UcsbDataModule"}
+TITLES = {"table1": "Table 1 (Colon cancer)", "table2": "Table 2 (UCSB breast)"}
+LAYOUTS = [f"mil.{t}" for t in TABLE_DATASETS]
+NOTE = (
+    "Per method: the mean over the folds of each repetition, then mean ± standard error over the "
+    "repetitions (SE = s/√R, sample s.d.; '–' with one repetition), as Li et al.'s Tables 1 and 2."
+)
 
 
-def read_jobs(sweep_dirs: list[str | Path]) -> list[dict[str, Any]]:
-    """Every MIL job (``task_name`` in :data:`METHODS`) under the sweep folders."""
-    jobs = []
-    for sweep in sweep_dirs:
-        for job_dir in sorted(Path(sweep).iterdir()):
-            config_file = job_dir / ".hydra" / "config.yaml"
-            if not config_file.is_file():
-                continue
-            config = yaml.safe_load(config_file.read_text()) or {}
-            method = config.get("task_name")
-            if method not in METHODS:
-                continue
-            metrics_file = job_dir / "metrics.json"
-            info_file = job_dir / "run_info.json"
-            info = json.loads(info_file.read_text()) if info_file.is_file() else {}
-            failed = job_dir / "failed.json"
-            jobs.append(
-                {
-                    "dir": str(job_dir),
-                    "method": method,
-                    "dataset": (info.get("data") or {}).get("dataset")
-                    or str((config.get("dataset") or {}).get("_target_", "?")).rsplit(".", 1)[-1],
-                    "fold": config.get("fold"),
-                    "repeat": config.get("repeat", 1),
-                    "metrics": json.loads(metrics_file.read_text())
-                    if metrics_file.is_file()
-                    else None,
-                    "failed": json.loads(failed.read_text()).get("error")
-                    if failed.is_file()
-                    else None,
-                    "synthetic": info.get("synthetic_data"),
-                }
-            )
-    return jobs
+def is_mil(job: Job) -> bool:
+    return job.config.get("task_name") in METHODS
 
 
-def _dataset_family(name: str) -> str:
-    return name.split("_synthetic", 1)[0].split("-", 1)[0]
+def data_module(job: Job) -> str:
+    return str((job.config.get("dataset") or {}).get("_target_", "")).rsplit(".", 1)[-1]
 
 
-def mil_table(jobs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per dataset, one row per method: per-repetition means over folds, then mean ± SE over them."""
-    by_dataset: dict[str, list[dict]] = defaultdict(list)
-    for job in jobs:
-        by_dataset[job["dataset"]].append(job)
-    tables = []
-    for dataset, members in sorted(by_dataset.items()):
-        rows = []
-        for method, label in METHODS.items():
-            runs = [j for j in members if j["method"] == method]
-            if not runs:
-                continue
-            done = [j for j in runs if j["metrics"]]
-            per_repeat: dict[int, list[dict]] = defaultdict(list)
-            for job in done:
-                per_repeat[int(job["repeat"])].append(job["metrics"])
-            cells, repeat_means = {}, {}
-            for key in COLUMNS:
-                means = []
-                for repeat, folds in sorted(per_repeat.items()):
-                    values = [m[key] for m in folds if key in m and not math.isnan(m[key])]
-                    if values:
-                        means.append(float(np.mean(values)))
-                        repeat_means.setdefault(repeat, {})[key] = means[-1]
-                if means:
-                    se = (
-                        float(np.std(means, ddof=1) / math.sqrt(len(means)))
-                        if len(means) > 1
-                        else None
-                    )
-                    cells[key] = {"mean": float(np.mean(means)), "se": se, "repeats": len(means)}
-            rows.append(
-                {
-                    "method": method,
-                    "label": label,
-                    "cells": cells,
-                    "folds_per_repeat": {r: len(f) for r, f in sorted(per_repeat.items())},
-                    "repeat_means": repeat_means,
-                    "missing": [
-                        {
-                            "dir": j["dir"],
-                            "fold": j["fold"],
-                            "repeat": j["repeat"],
-                            "error": j["failed"],
-                        }
-                        for j in runs
-                        if not j["metrics"]
-                    ],
-                }
-            )
-        synthetic = {j["synthetic"] for j in members if j["synthetic"] is not None}
-        tables.append(
-            {
-                "dataset": dataset,
-                "title": TABLE_NAMES.get(_dataset_family(dataset), f"MIL table ({dataset})"),
-                "synthetic": True in synthetic,
-                "rows": rows,
-            }
-        )
-    return {"columns": COLUMNS, "tables": tables}
+def dataset_name(job: Job) -> str:
+    return str(((job.info or {}).get("data") or {}).get("dataset") or data_module(job))
 
 
-def _cell(cell: dict[str, Any] | None) -> str:
-    if not cell:
+def repeat_summary(per_repeat: list[float]) -> dict[str, Any] | None:
+    """Mean ± SE of the per-repetition means (None when there are none)."""
+    if not per_repeat:
+        return None
+    se = (
+        float(np.std(per_repeat, ddof=1) / math.sqrt(len(per_repeat)))
+        if len(per_repeat) > 1
+        else None
+    )
+    return {"mean": float(np.mean(per_repeat)), "se": se, "repeats": len(per_repeat)}
+
+
+def _cell(summary: dict[str, Any] | None) -> str:
+    if not summary:
         return "–"
-    se = "–" if cell["se"] is None else f"{cell['se']:.3f}"
-    return f"{cell['mean']:.3f} ± {se}"
+    se = "–" if summary["se"] is None else f"{summary['se']:.3f}"
+    return f"{summary['mean']:.3f} ± {se}"
 
 
-def to_markdown(table: dict[str, Any]) -> str:
-    parts = []
-    for t in table["tables"]:
-        header = ["Method", *table["columns"].values(), "folds × repeats"]
-        lines = [
-            f"## {t['title']}: {t['dataset']}",
-            "",
-            "Mean over folds per repetition, then mean ± standard error over repetitions.",
-            "",
-            "| " + " | ".join(header) + " |",
-            "|" + "|".join("---" for _ in header) + "|",
-        ]
-        for row in t["rows"]:
-            counts = row["folds_per_repeat"]
-            shape = (
-                "/".join(str(n) for n in counts.values()) + f" × {len(counts)}" if counts else "0"
-            )
-            lines.append(
-                "| "
-                + " | ".join(
-                    [row["label"], *(_cell(row["cells"].get(k)) for k in table["columns"]), shape]
-                )
-                + " |"
-            )
-        missing = [m for row in t["rows"] for m in row["missing"]]
-        if missing:
-            lines += ["", f"{len(missing)} job(s) without metrics (running, killed or failed):"]
-            lines += [
-                f"- {Path(m['dir']).name}" + (f": {m['error']}" if m["error"] else "")
-                for m in missing
-            ]
-        if t["synthetic"]:
-            lines += ["", "_Synthetic data: these numbers say nothing about real performance._"]
-        parts.append("\n".join(lines))
-    return "\n\n".join(parts) + "\n"
+def build(jobs: list[Job], table: str) -> dict[str, Any]:
+    """The rows of ``table`` from the MIL jobs of its dataset (see the module docstring)."""
+    chosen = [j for j in jobs if is_mil(j) and data_module(j) == TABLE_DATASETS[table]]
+    settings = group_jobs(chosen, lambda c: (c.get("task_name"), int(c.get("repeat", 1))))
+    by_method: dict[str, list] = defaultdict(list)
+    for setting in settings:
+        by_method[setting.key[0]].append(setting)
+    rows, summaries = [], {}
+    for method, label in METHODS.items():
+        repeats = sorted(by_method.get(method, []), key=lambda s: s.key[1])
+        if not repeats:
+            continue
+        cells = {}
+        for metric in COLUMNS:
+            means = [float(np.mean(v)) for s in repeats if (v := s.values(metric))]
+            cells[metric] = repeat_summary(means)
+        folds = "/".join(str(s.n) for s in repeats)
+        summaries[method] = cells
+        rows.append([label, *(_cell(cells[m]) for m in COLUMNS), f"{folds} × {len(repeats)}"])
+    names = sorted({dataset_name(j) for j in chosen})
+    header = ["Method", *COLUMNS.values(), "folds × repeats"]
+    result = table_result(
+        f"mil.{table}",
+        f"{TITLES[table]}: {', '.join(names) or 'no jobs'}",
+        [("", markdown_table(header, rows) if rows else "no finished job")],
+        settings,
+        list(COLUMNS),
+    )
+    result["rows"] = summaries
+    result["note"] = NOTE
+    return result
+
+
+@register_table("mil", "table1")
+def table1(jobs: list[Job]) -> dict[str, Any]:
+    """Li et al. Table 1: Colon cancer (``dataset=colon`` or ``colon_synthetic``)."""
+    return build(jobs, "table1")
+
+
+@register_table("mil", "table2")
+def table2(jobs: list[Job]) -> dict[str, Any]:
+    """Li et al. Table 2: UCSB breast (``dataset=ucsb`` or ``ucsb_synthetic``)."""
+    return build(jobs, "table2")
 
 
 def sweep_folders(sweep_dir: str | Path) -> list[Path]:
@@ -211,26 +148,26 @@ def sweep_folders(sweep_dir: str | Path) -> list[Path]:
 
     Hydra names a sweep folder ``<log_dir>/<task_name>/multiruns/<time>`` with the task name of the config
     it is composed from: the sweep's own (``train``, without the swept ``experiment``) and, for each job,
-    the job's. The MIL experiments share one (``<log_dir>/mil/multiruns/<time>``); older sweeps spread
+    the job's. The MIL experiments share one (``<log_dir>/mil/multiruns/<time>``); other sweeps may spread
     their jobs over ``mil_ilse/``, ``mil_aw/``, ... with the same ``<time>``.
     """
     sweep_dir = Path(sweep_dir)
-    root = sweep_dir.parent.parent.parent
-    siblings = sorted(root.glob(f"*/multiruns/{sweep_dir.name}"))
+    siblings = sorted(sweep_dir.parent.parent.parent.glob(f"*/multiruns/{sweep_dir.name}"))
     return [sweep_dir, *(s for s in siblings if s.resolve() != sweep_dir.resolve())]
 
 
-def write_table(sweep_dirs: list[str | Path]) -> tuple[Path, Path] | None:
-    """Write ``mil_table.{json,md}`` into the first folder holding MIL jobs; None when none does."""
-    jobs = read_jobs(sweep_dirs)
-    if not jobs:
-        return None
-    table = mil_table(jobs)
-    out = Path(jobs[0]["dir"]).parent
-    return (
-        write_json_atomic(out / "mil_table.json", table),
-        write_text_atomic(out / "mil_table.md", to_markdown(table)),
-    )
+def write_tables(sweep_dir: str | Path) -> list[tuple[Path, Path]]:
+    """``mil_tables.{md,json}`` into the folder of the sweep's MIL jobs; [] when it has none."""
+    folders = [f for f in sweep_folders(sweep_dir) if f.is_dir()]
+    mil_jobs = [j for j in read_jobs(folders) if is_mil(j)]
+    if not mil_jobs:
+        return []
+    tables = [
+        t for t, module in TABLE_DATASETS.items() if any(data_module(j) == module for j in mil_jobs)
+    ]
+    if not tables:
+        return []
+    return write_report(folders, [f"mil.{t}" for t in tables], out_dir=mil_jobs[0].dir.parent)
 
 
 def _is_rank_zero() -> bool:
@@ -238,43 +175,29 @@ def _is_rank_zero() -> bool:
 
 
 class MILTableCallback(Callback):
-    """Keeps ``mil_table.{md,json}`` of a sweep up to date (a no-op for sweeps without MIL jobs)."""
+    """Keeps ``mil_tables.{md,json}`` of a sweep up to date (a no-op for sweeps without MIL jobs)."""
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if config.hydra.mode != RunMode.MULTIRUN or not _is_rank_zero():
             return
         try:
-            write_table(sweep_folders(config.hydra.sweep.dir))
+            write_tables(config.hydra.sweep.dir)
         except Exception as err:  # a report must never fail the job it reports on
-            log.warning(f"could not update the MIL table: {err}")
+            log.warning(f"could not update the MIL tables: {err}")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        written = write_table(sweep_folders(config.hydra.sweep.dir))
-        if written is not None:
-            log.info(f"MIL table (Li et al. layout): {written[1]}\n{written[1].read_text()}")
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("sweep_dirs", nargs="+", help="Hydra multirun folder(s)")
-    args = parser.parse_args(argv)
-    folders = list(dict.fromkeys(f for d in args.sweep_dirs for f in sweep_folders(d)))
-    written = write_table(folders)
-    if written is None:
-        raise SystemExit(f"no MIL job ({', '.join(METHODS)}) under {args.sweep_dirs}")
-    print(written[1].read_text())
-
-
-if __name__ == "__main__":
-    main()
+        for _, md in write_tables(config.hydra.sweep.dir):
+            log.info(f"Li et al.'s tables: {md}\n{md.read_text()}")
 
 
 __all__ = [
     "COLUMNS",
+    "LAYOUTS",
     "METHODS",
     "MILTableCallback",
-    "mil_table",
-    "read_jobs",
+    "build",
     "sweep_folders",
-    "write_table",
+    "table1",
+    "table2",
+    "write_tables",
 ]
