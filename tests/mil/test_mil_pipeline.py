@@ -132,7 +132,15 @@ def test_mil_ilse_on_digits_bags(make_cfg) -> None:
     assert heatmaps  # mosaics of the digits of each test bag
 
 
-@pytest.mark.parametrize("defect", ["missing_mat", "no_nuclei", "wrong_layout"])
+@pytest.mark.parametrize(
+    "defect",
+    [
+        "missing_mat",
+        # the reader's messages for these two are unit-tested (test_colon_reader.py); through run.py slow
+        pytest.param("no_nuclei", marks=pytest.mark.slow),
+        pytest.param("wrong_layout", marks=pytest.mark.slow),
+    ],
+)
 def test_bad_colon_input_gives_one_clear_line(
     defect: str, tmp_path: Path, colon_tiny: Path
 ) -> None:
