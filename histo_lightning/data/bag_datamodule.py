@@ -39,10 +39,10 @@ import pandas as pd
 from torch.utils.data import DataLoader, Dataset
 
 from histo_lightning.data.bags import (
+    BagDataset,
     FeatureBagDataset,
     InstanceBagDataset,
     InstanceDataset,
-    _BagDataset,
 )
 from histo_lightning.data.base import BaseDataModule, settings_dict
 from histo_lightning.data.instance_store import Bags
@@ -224,7 +224,7 @@ class BagDataModule(BaseDataModule):
         log.info(f"{self.name}: bags of {np.shape(features)[1]}-d features from {source}")
 
     # ---- datasets and loaders ----------------------------------------------------------------------
-    def bag_dataset(self, ids: np.ndarray, train: bool = False, pad: bool = False) -> _BagDataset:
+    def bag_dataset(self, ids: np.ndarray, train: bool = False, pad: bool = False) -> BagDataset:
         """The bags ``ids`` (+ the generated ones for training) over pixels or features."""
         assert self.bags is not None
         members = [self.bags.members(int(b)) for b in ids]

@@ -77,7 +77,7 @@ def _gather(array: Any, members: np.ndarray) -> np.ndarray:
     return out
 
 
-class _BagDataset(Dataset):
+class BagDataset(Dataset):
     """Bags given by member lists over instance-level arrays (see the module docstring).
 
     ``pad_to``: :meth:`collate_fn` pads every batch to at least this many instances (predict datasets
@@ -133,12 +133,12 @@ class _BagDataset(Dataset):
         }
 
 
-class InstanceBagDataset(_BagDataset):
+class InstanceBagDataset(BagDataset):
     """Bags of pixel instances from an ``(N, H, W, C)`` uint8 array (memmap or in memory).
 
     Args:
         instances: the instance array (e.g. ``store.instances``).
-        members, labels, instance_labels, coords: see :class:`_BagDataset`.
+        members, labels, instance_labels, coords: see :class:`BagDataset`.
         augment: random flips and 90° rotations per instance (training).
     """
 
@@ -177,7 +177,7 @@ class InstanceBagDataset(_BagDataset):
         return random_dihedral(x) if self.augment else x.contiguous()
 
 
-class FeatureBagDataset(_BagDataset):
+class FeatureBagDataset(BagDataset):
     """Bags of precomputed feature vectors: rows of an ``(N, D)`` matrix (float16/32, memmap ok).
 
     With an identity instance encoder the same MIL model trains on these instead of pixels (the way
@@ -296,6 +296,7 @@ def collate_bags(items: Sequence[dict[str, Any]], pad_to: int | None = None) -> 
 
 
 __all__ = [
+    "BagDataset",
     "FeatureBagDataset",
     "InstanceBagDataset",
     "InstanceDataset",
