@@ -16,17 +16,14 @@ other sweeps); or ``python -m histo_lightning.reporting.tables <sweep dir> --lay
 from __future__ import annotations
 
 import math
-import os
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from hydra.core.utils import JobReturn
-from hydra.experimental.callback import Callback
-from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from histo_lightning.reporting.hydra_callbacks import TableReportCallback
 from histo_lightning.reporting.sweep import Job, read_jobs
 from histo_lightning.reporting.tables import (
     group_jobs,
@@ -170,24 +167,18 @@ def write_tables(sweep_dir: str | Path) -> list[tuple[Path, Path]]:
     return write_report(folders, [f"mil.{t}" for t in tables], out_dir=mil_jobs[0].dir.parent)
 
 
-def _is_rank_zero() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0 and int(os.environ.get("LOCAL_RANK", "0")) == 0
+class MILTableCallback(TableReportCallback):
+    """Keeps ``mil_tables.{md,json}`` of a sweep up to date (a no-op for sweeps without MIL jobs).
 
+    Listed in ``conf/hydra/default.yaml``, not in the experiments: a sweep over experiments
+    (``-m experiment=mil_ilse,mil_aw,...``) takes its callbacks from the config without them.
+    """
 
-class MILTableCallback(Callback):
-    """Keeps ``mil_tables.{md,json}`` of a sweep up to date (a no-op for sweeps without MIL jobs)."""
+    def __init__(self) -> None:
+        super().__init__(LAYOUTS)
 
-    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
-        if config.hydra.mode != RunMode.MULTIRUN or not _is_rank_zero():
-            return
-        try:
-            write_tables(config.hydra.sweep.dir)
-        except Exception as err:  # a report must never fail the job it reports on
-            log.warning(f"could not update the MIL tables: {err}")
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        for _, md in write_tables(config.hydra.sweep.dir):
-            log.info(f"Li et al.'s tables: {md}\n{md.read_text()}")
+    def _write(self, config: DictConfig) -> list:
+        return write_tables(config.hydra.sweep.dir)
 
 
 __all__ = [
