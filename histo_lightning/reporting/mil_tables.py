@@ -32,9 +32,6 @@ from histo_lightning.reporting.tables import (
     table_result,
     write_report,
 )
-from histo_lightning.utils.logging import get_logger
-
-log = get_logger(__name__)
 
 #: the rows of Tables 1 and 2 (task_name → the paper's name), in the paper's order
 METHODS = {
