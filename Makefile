@@ -36,11 +36,12 @@ format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-## bench: loader vs train-step throughput; CHS-Net cascade detection speed; PAIP slide sampler speed
+## bench: loader vs train-step throughput; CHS-Net cascade detection speed; PAIP slide sampler speed; MIL bags
 bench: install
 	$(PY) bench/loader_vs_step.py
 	$(PY) bench/paip_sampler.py
 	$(PY) bench/chsnet_detection.py
+	$(PY) bench/mil_bags.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache logs

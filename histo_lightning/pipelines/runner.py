@@ -431,7 +431,10 @@ class PipelineRunner:
         if module is None:
             from histo_lightning.pipelines.stages import build_stage_module
 
-            module = build_stage_module(self, result.name)
+            # building draws initial weights: keep the random state that the later stages continue from
+            # as it was restored from the skipped stage (a rerun must run them as in one go)
+            with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
+                module = build_stage_module(self, result.name)
             self._modules[result.name] = module
             if not checkpoint:
                 raise ConfigError(

@@ -13,7 +13,8 @@ Each method registers its layouts (:func:`register_table`) in its own module, li
 * :mod:`histo_lightning.reporting.smse_tables`: ``smse.table3`` … ``smse.table7``, ``smse.table10``
   (Sun et al., SMSE Tables III–VII and X);
 * :mod:`histo_lightning.reporting.chsnet_tables`: ``chsnet.table2`` … ``chsnet.table4`` (Ma et al.,
-  CHS-Net Tables 2–4).
+  CHS-Net Tables 2–4);
+* :mod:`histo_lightning.reporting.mil_tables`: ``mil.table1``, ``mil.table2`` (Li et al., Tables 1–2).
 
 A new method adds a module with its ``@register_table("<method>", "<table>")`` builders (each takes the
 list of :class:`~histo_lightning.reporting.sweep.Job` and returns :func:`table_result`) to
@@ -42,6 +43,7 @@ from histo_lightning.utils.io import write_json_atomic, write_text_atomic
 METHOD_MODULES = (
     "histo_lightning.reporting.smse_tables",
     "histo_lightning.reporting.chsnet_tables",
+    "histo_lightning.reporting.mil_tables",
 )
 
 TableBuilder = Callable[[list[Job]], dict[str, Any]]
@@ -193,7 +195,11 @@ def table_result(
     settings: list[Setting],
     metrics: list[str],
 ) -> dict[str, Any]:
-    """What a builder returns: the layout, a title, ``(label, markdown)`` sections, the settings' JSON."""
+    """What a builder returns: the layout, a title, ``(label, markdown)`` sections, the settings' JSON.
+
+    A builder may add ``note`` (shown under its table, in place of the footer on ± for layouts whose ± is
+    not the standard deviation over folds, e.g. the MIL tables' standard error over repetitions).
+    """
     return {
         "layout": layout,
         "title": title,
@@ -239,7 +245,12 @@ def to_markdown(report: dict[str, Any], heading: str = "Paper tables") -> str:
             )
         if missing:
             parts.append("Missing (running or killed; not included): " + ", ".join(missing))
-    parts.append("± is the population standard deviation over folds (ddof = 0), as in the papers.")
+        if table.get("note"):
+            parts.append(table["note"])
+    if any(not table.get("note") for table in report["tables"]):
+        parts.append(
+            "± is the population standard deviation over folds (ddof = 0), as in the papers."
+        )
     return "\n\n".join(parts) + "\n"
 
 

@@ -5,6 +5,8 @@
 * ``${hl.if:<condition>,<then>,<else>}``: ``then`` when the condition is true, else ``else`` (e.g. which
   stage's network a pipeline injects, by an ablation switch).
 * ``${hl.all:<a>,<b>,...}``: whether every argument is true (e.g. a stage enabled by two switches).
+* ``${hl.repeat_seed:<seed>,<repeat>}``: the seed of repetition ``repeat`` (1-based) of a protocol,
+  ``seed + 1000 · (repeat − 1)`` (the MIL experiments reseed training with it, as their folds).
 """
 
 from __future__ import annotations
@@ -27,12 +29,19 @@ def _truth(value: Any) -> bool:
     return bool(value)
 
 
+def _repeat_seed(seed: int, repeat: int) -> int:
+    from histo_lightning.mil.folds import repeat_seed
+
+    return repeat_seed(int(seed), int(repeat))
+
+
 def register() -> None:
     OmegaConf.register_new_resolver("hl.root", lambda: str(PROJECT_ROOT), replace=True)
     OmegaConf.register_new_resolver("hl.if", _if, replace=True)
     OmegaConf.register_new_resolver(
         "hl.all", lambda *values: all(map(_truth, values)), replace=True
     )
+    OmegaConf.register_new_resolver("hl.repeat_seed", _repeat_seed, replace=True)
 
 
 register()

@@ -1,0 +1,173 @@
+"""The MIL experiments through the stage runner on tiny synthetic data (the real configs, composed).
+
+* mil_hnm end to end through every stage (features → train → mine → generate → retrain → test), then a
+  rerun that skips every stage, then a changed mining k that redoes mining and everything after it;
+* mil_ilse on pixels (the real-data config, Ilse's CNN) and on digits bags, smoke-sized;
+* bad input through ``run.py``: one clear line, exit code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from histo_lightning.data.colon import CLASSIFICATION_DIR, RELEASE_DIR
+from histo_lightning.pipelines.runner import run_pipeline
+from tests.conftest import run_cli
+from tests.mil.conftest import write_colon_image
+
+QUIET = [
+    "callbacks.rich_progress_bar=null",
+    "callbacks.model_summary=null",
+    "trainer=cpu",
+    "trainer.num_sanity_val_steps=0",
+    "trainer.log_every_n_steps=1",
+]
+TINY_HNM = [
+    "experiment=mil_hnm",
+    "dataset=colon_synthetic",
+    "dataset.synthetic.preset=tiny",
+    "dataset.protocol.n_folds=3",
+    "dataset.protocol.epochs=2",
+    "dataset.protocol.val_fraction=0.2",
+    # every negative training bag counts as a false positive, so mining and generation have work
+    "hnm.threshold=0.0",
+    "fold=2",
+    *QUIET,
+]
+STAGES = ["features", "train", "mine", "generate", "retrain", "test"]
+
+
+def _info(cfg) -> dict:
+    return json.loads((Path(cfg.paths.output_dir) / "run_info.json").read_text())
+
+
+def _statuses(cfg) -> dict[str, str]:
+    return {name: stage["status"] for name, stage in _info(cfg)["stages"].items()}
+
+
+def test_mil_hnm_runs_every_stage_skips_on_rerun_and_redoes_mining_when_k_changes(
+    make_cfg,
+) -> None:
+    cfg = make_cfg(TINY_HNM)
+    metrics = run_pipeline(cfg)
+    out = Path(cfg.paths.output_dir)
+    folders = sorted(p.name for p in out.iterdir() if p.is_dir() and p.name[0].isdigit())
+    assert folders == [f"{i:02d}_{name}" for i, name in enumerate(STAGES, start=1)]
+    assert all((out / f / "done.json").is_file() for f in folders)
+    saved = json.loads((out / "metrics.json").read_text())
+    for key in ("acc", "precision", "recall", "f1", "auroc", "fpr", "inst_auroc"):
+        assert f"test/{key}" in saved
+    mining = json.loads((out / "03_mine" / "report.json").read_text())
+    assert mining["false_positive_bags"] == mining["negative_bags"] > 0
+    assert mining["hard_negatives"] > 0 and (out / "03_mine" / "gallery.png").is_file()
+    generation = json.loads((out / "04_generate" / "generation.json").read_text())
+    assert (
+        generation["method"] == "FMB" and generation["generated"]["bags"] == mining["negative_bags"]
+    )
+    assert metrics["generate/bags"] == mining["negative_bags"]
+    test_dir = out / "06_test"
+    assert (test_dir / "predictions.csv").is_file() and (test_dir / "instances.csv").is_file()
+    assert (
+        len(list((test_dir / "heatmaps").glob("*.png")))
+        == json.loads((out / "run_info.json").read_text())["data"]["test"]["bags"]
+    )
+    info = _info(cfg)
+    assert info["synthetic_data"] is True and info["data"]["protocol"]["departures"]
+    assert info["data"]["train"]["generated_negative_bags"] == mining["negative_bags"]
+    assert info["data"]["totals"]["key_instances"] > 0
+
+    again = run_pipeline(make_cfg(TINY_HNM))
+    assert set(_statuses(cfg).values()) == {"skipped"}
+    assert again == metrics
+
+    run_pipeline(make_cfg([*TINY_HNM, "hnm.k=2.0"]))
+    assert _statuses(cfg) == {
+        "features": "skipped",
+        "train": "skipped",
+        "mine": "ran",
+        "generate": "ran",
+        "retrain": "ran",
+        "test": "ran",
+    }
+    assert json.loads((out / "03_mine" / "report.json").read_text())["k"] == 2.0
+
+
+def test_mil_ilse_on_pixels_with_the_real_colon_config(make_cfg, colon_tiny: Path) -> None:
+    cfg = make_cfg(
+        [
+            "experiment=mil_ilse",
+            "dataset=colon",
+            f"dataset.root={colon_tiny}",
+            "dataset.protocol.n_folds=3",
+            "debug=smoke",
+            *QUIET,
+        ]
+    )
+    metrics = run_pipeline(cfg)
+    assert "test/auroc" in metrics and "test/inst_auroc" in metrics
+    statuses = _statuses(cfg)
+    assert statuses == {"fit": "ran", "test": "ran"}  # pixels: no feature stage
+    assert _info(cfg)["data"]["protocol"]["encoder"] == {"name": "ilse_cnn", "patch_size": 27}
+
+
+def test_mil_ilse_on_digits_bags(make_cfg) -> None:
+    cfg = make_cfg(
+        [
+            "experiment=mil_ilse",
+            "dataset=digits_bags",
+            "dataset.n_train_bags=20",
+            "dataset.n_test_bags=10",
+            "debug=smoke",
+            *QUIET,
+        ]
+    )
+    metrics = run_pipeline(cfg)
+    assert {"test/auroc", "test/inst_auroc"} <= set(metrics)
+    heatmaps = list((Path(cfg.paths.output_dir) / "03_test" / "heatmaps").glob("*.png"))
+    assert heatmaps  # mosaics of the digits of each test bag
+
+
+@pytest.mark.parametrize(
+    "defect",
+    [
+        "missing_mat",
+        # the reader's messages for these two are unit-tested (test_colon_reader.py); through run.py slow
+        pytest.param("no_nuclei", marks=pytest.mark.slow),
+        pytest.param("wrong_layout", marks=pytest.mark.slow),
+    ],
+)
+def test_bad_colon_input_gives_one_clear_line(
+    defect: str, tmp_path: Path, colon_tiny: Path
+) -> None:
+    root = tmp_path / "colon"
+    if defect == "wrong_layout":
+        (root / "images").mkdir(parents=True)
+        expected = "holds neither CRCHistoPhenotypes_2016_04_28/Classification/"
+    else:
+        shutil.copytree(colon_tiny, root)
+        folder = root / RELEASE_DIR / CLASSIFICATION_DIR / "img3"
+        if defect == "missing_mat":
+            (folder / "img3_others.mat").unlink()
+            expected = "missing " + str(folder / "img3_others.mat")
+        else:
+            shutil.rmtree(folder)
+            write_colon_image(root, 3, np.full((64, 64, 3), 200, np.uint8), {})
+            expected = "no classified nucleus in any of its four .mat files"
+    result = run_cli(
+        [
+            "experiment=mil_ilse",
+            "dataset=colon",
+            f"dataset.root={root}",
+            f"paths.data_dir={tmp_path / 'data'}",
+            f"paths.log_dir={tmp_path / 'logs'}",
+        ],
+        timeout=300,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and expected in errors[0], result.stderr[-2000:]
