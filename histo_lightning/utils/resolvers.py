@@ -2,6 +2,9 @@
 
 * ``${hl.root:}``: the repository root (the folder holding ``conf/`` and ``histo_lightning/``), so that
   default paths do not depend on the directory ``run.py`` is started from or on environment variables.
+* ``${hl.shared:}``: the team's shared folder (papers, dataset notes, the papers' published splits), which
+  lies beside the repository: ``<repository>/../shared``. In a git worktree that has none beside it, the
+  one beside the main checkout is used. ``paths.shared_dir`` overrides it.
 """
 
 from __future__ import annotations
@@ -13,8 +16,26 @@ from omegaconf import OmegaConf
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
+def shared_dir(project_root: Path = PROJECT_ROOT) -> Path:
+    """``<project_root>/../shared``, or the one beside the main checkout of a git worktree."""
+    beside = project_root.parent / "shared"
+    if beside.is_dir():
+        return beside
+    git = project_root / ".git"
+    if git.is_file():  # a worktree: ".git" holds "gitdir: <main>/.git/worktrees/<name>"
+        text = git.read_text().strip()
+        if text.startswith("gitdir:"):
+            gitdir = Path(text.split(":", 1)[1].strip())
+            common = gitdir / "commondir"
+            main_git = (gitdir / common.read_text().strip()).resolve() if common.is_file() else None
+            if main_git is not None and (main_git.parent.parent / "shared").is_dir():
+                return main_git.parent.parent / "shared"
+    return beside
+
+
 def register() -> None:
     OmegaConf.register_new_resolver("hl.root", lambda: str(PROJECT_ROOT), replace=True)
+    OmegaConf.register_new_resolver("hl.shared", lambda: str(shared_dir()), replace=True)
 
 
 register()
