@@ -184,8 +184,9 @@ def augmented_crops(
 
 
 def image_tensor(image: np.ndarray, device: torch.device | str = "cpu") -> Tensor:
-    """An ``(H, W, 3)`` uint8 array (e.g. an image-cache entry) as a ``(3, H, W)`` uint8 tensor on ``device``."""
-    return torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1).contiguous()
+    """An ``(H, W, 3)`` uint8 array (e.g. a read-only image-cache entry, copied) as a ``(3, H, W)`` uint8
+    tensor on ``device``."""
+    return torch.from_numpy(np.array(image, copy=True)).to(device).permute(2, 0, 1).contiguous()
 
 
 Encoder = Callable[[Tensor], Tensor]

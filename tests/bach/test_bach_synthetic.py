@@ -8,9 +8,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
-from histo_lightning.data.bach import CLASS_NAMES, scan_bach
+from histo_lightning.data.bach import CLASS_NAMES, bach_preprocess, scan_bach
+from histo_lightning.data.image_store import MemmapImageCache
+from histo_lightning.data.multicrop import ViewSettings, image_descriptors, image_tensor
 from histo_lightning.data.synthetic.bach import (
     IMAGE_SHAPE,
     TRUTH_FILE,
@@ -67,3 +70,25 @@ def test_rendering_is_deterministic_and_stains_vary() -> None:
     np.testing.assert_array_equal(first, again)
     # another image of the same class has another stain: its background (brightest tissue) differs
     assert np.abs(first.mean((0, 1)) - other.mean((0, 1))).max() > 2.0
+
+
+def test_cache_then_descriptors_on_a_synthetic_image(tiny_tree: Path, tmp_path: Path) -> None:
+    """Reader → half-scale + Macenko cache (1024×768) → 400 px views → encoder → Eq. 1, end to end."""
+    found = scan_bach(tiny_tree)
+    preprocess = bach_preprocess()
+    paths = [Path(p) for p in found.labelled["path"][:2]]
+    cache = MemmapImageCache.build_or_open(
+        paths, found.root, tmp_path, "bach", preprocess=preprocess, preprocess_key=preprocess.key()
+    )
+    assert cache.shapes.tolist() == [[768, 1024]] * 2 and not cache.bad
+    torch.manual_seed(0)
+    encoder = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 7, stride=8), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+    ).eval()  # fmt: skip
+    settings = ViewSettings(n_augmentations=2, n_crops=3)
+    rows = image_descriptors(
+        image_tensor(cache[0]), found.labelled["patient"][0], encoder, settings, 400
+    )
+    assert rows.shape == (2, 4) and torch.isfinite(rows).all() and (rows >= 0).all()
+    assert not torch.allclose(rows[0], rows[1])  # two augmentations, two descriptors
