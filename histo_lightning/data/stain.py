@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -261,7 +262,7 @@ def scale_he(
         raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {image.shape} {image.dtype}")
     od = -np.log10((image.astype(np.float64) + 1.0) / io)
     od = od @ _he_transform(float(h), float(e), mode)
-    rgb = io * np.power(10.0, -od) - 1.0
+    rgb = io * np.exp(-np.log(10.0) * od) - 1.0
     return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
 
 
@@ -302,13 +303,14 @@ def scale_he_batch(
     factors = torch.stack([h.to(device, dtype), e.to(device, dtype), ones], dim=1)  # (B, 3)
     stains = torch.as_tensor(RUIFROK_STAIN_MATRIX, dtype=dtype, device=device)
     inverse = torch.as_tensor(_RUIFROK_INVERSE, dtype=dtype, device=device)
-    od = -torch.log10((images.to(dtype) + 1.0) / io)  # (B, 3, H, W), channel = RGB optical density
     if mode == "concentrations":  # one 3×3 matrix per image, as _he_transform
         transform = inverse[None] @ (factors[:, :, None] * stains[None])  # (B, 3, 3)
     else:
         transform = torch.diag_embed(factors)
-    od = torch.einsum("bchw,bcd->bdhw", od, transform)
-    rgb = io * torch.pow(torch.tensor(10.0, dtype=dtype, device=device), -od) - 1.0
+    # OD = -log10((I + 1) / Io) per channel; OD' = OD · T per pixel; I' = Io · 10^(-OD') - 1
+    od = images.to(dtype).add_(1.0).div_(io).log10_().neg_().reshape(batch, 3, -1)
+    od = transform.transpose(1, 2) @ od
+    rgb = od.mul_(-math.log(10.0)).exp_().mul_(io).sub_(1.0).reshape(images.shape)
     return rgb.round_().clamp_(0, 255).to(torch.uint8)
 
 
