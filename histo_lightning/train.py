@@ -35,28 +35,11 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import WandbLogger
 
 from histo_lightning.errors import ConfigError, HistoError
-from histo_lightning.utils.hydra_ddp import prepare_ddp_subprocess_launch
-from histo_lightning.utils.instantiate import build, instantiate_callbacks, instantiate_loggers
+from histo_lightning.utils.instantiate import build
 from histo_lightning.utils.io import write_json_atomic, write_text_atomic
 from histo_lightning.utils.logging import get_logger
 
 log = get_logger(__name__)
-
-
-def resume_checkpoint(cfg: DictConfig, output_dir: Path) -> str | None:
-    """The checkpoint ``fit`` starts from: ``ckpt_path`` if given, else ``last.ckpt`` when ``resume=true``."""
-    if cfg.get("ckpt_path"):
-        path = Path(cfg.ckpt_path)
-        if not path.is_file():
-            raise ConfigError(
-                f"ckpt_path={cfg.ckpt_path} does not exist (expected a Lightning .ckpt file)"
-            )
-        return str(path)
-    last = output_dir / "checkpoints" / "last.ckpt"
-    if cfg.get("resume", True) and last.is_file():
-        log.info(f"Resuming from {last}")
-        return str(last)
-    return None
 
 
 def scalars(metrics: dict[str, Any]) -> dict[str, float]:
@@ -80,16 +63,17 @@ def _git_commit() -> str | None:
 
 
 def log_hyperparameters(
-    cfg: DictConfig, model: pl.LightningModule, trainer: pl.Trainer, data: dict
+    cfg: DictConfig, model: pl.LightningModule | None, trainer: pl.Trainer, data: dict
 ) -> None:
-    """Send the resolved config, parameter counts and data description to every logger."""
+    """Send the resolved config, parameter counts (of ``model``, if given) and data description to every logger."""
     if not trainer.loggers:
         return
     hparams = OmegaConf.to_container(cfg, resolve=True)
-    hparams["model/params/total"] = sum(p.numel() for p in model.parameters())
-    hparams["model/params/trainable"] = sum(
-        p.numel() for p in model.parameters() if p.requires_grad
-    )
+    if model is not None:
+        hparams["model/params/total"] = sum(p.numel() for p in model.parameters())
+        hparams["model/params/trainable"] = sum(
+            p.numel() for p in model.parameters() if p.requires_grad
+        )
     hparams["data/description"] = data
     for logger in trainer.loggers:
         logger.log_hyperparams(hparams)
@@ -169,57 +153,14 @@ def write_run_report(
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Run one job (one fold) and return every scalar metric it logged."""
-    started = time.time()
-    output_dir = Path(cfg.paths.output_dir)
-    seed_run(cfg)
-    if not cfg.get("train") and not cfg.get("ckpt_path") and cfg.get("test"):
-        raise ConfigError("train=false needs ckpt_path=<checkpoint to evaluate>")
+    """Run one job (one fold) of the configured pipeline (default: ``fit`` then ``test``); every metric.
 
-    datamodule = build_datamodule(cfg)
-    log.info(f"Model: {cfg.model._target_} with net {cfg.model.net._target_}")
-    model = build(cfg.model)
-    callbacks = instantiate_callbacks(cfg.get("callbacks"))
-    loggers = instantiate_loggers(cfg.get("logger"))
-    prepare_ddp_subprocess_launch()
-    trainer: pl.Trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers)
-    log_hyperparameters(
-        cfg, model, trainer, {"dataset": datamodule.name, "synthetic": datamodule.is_synthetic}
-    )
+    The stages, their folders, skipping and resuming are the stage runner's
+    (:mod:`histo_lightning.pipelines.runner`); this is the name the tests and notebooks call.
+    """
+    from histo_lightning.pipelines.runner import run_pipeline
 
-    metrics: dict[str, float] = {}
-    resumed_from = None
-    if cfg.get("train"):
-        resumed_from = resume_checkpoint(cfg, output_dir)
-        trainer.fit(model=model, datamodule=datamodule, ckpt_path=resumed_from, weights_only=False)
-        metrics.update(scalars(trainer.callback_metrics))
-
-    best = None
-    if cfg.get("test"):
-        if cfg.get("train"):
-            checkpoint = trainer.checkpoint_callback
-            best = getattr(checkpoint, "best_model_path", "") or None
-            if best is None:
-                log.warning(
-                    "No best checkpoint (no validation or checkpointing); testing the current weights"
-                )
-        else:
-            best = cfg.ckpt_path
-        trainer.test(model=model, datamodule=datamodule, ckpt_path=best, weights_only=False)
-        metrics.update(scalars(trainer.callback_metrics))
-
-    if trainer.is_global_zero:
-        write_run_report(
-            cfg,
-            datamodule,
-            metrics,
-            started,
-            resumed_from=resumed_from,
-            tested_checkpoint=best,
-            epochs_completed=trainer.current_epoch,
-            global_step=trainer.global_step,
-        )
-    return metrics
+    return run_pipeline(cfg)
 
 
 def _remove_unstarted_run_dir(output_dir: Path) -> None:
@@ -231,8 +172,8 @@ def _remove_unstarted_run_dir(output_dir: Path) -> None:
         shutil.rmtree(output_dir, ignore_errors=True)
 
 
-def resolve_task(name: str | None) -> Callable[[DictConfig], dict[str, float]]:
-    """The function named by the ``task`` key (``package.module.function``); :func:`train` if unset."""
+def resolve_task(name: str | None) -> Callable[..., Any]:
+    """The function named by ``name`` (``package.module.function``, e.g. the ``task`` key); :func:`train` if unset."""
     if not name:
         return train
     module_name, _, function = str(name).rpartition(".")
@@ -265,8 +206,6 @@ def run(cfg: DictConfig) -> float | None:
     name = cfg.get("optimized_metric")
     if not name or not cfg.get("train"):
         return None
-    if name not in metrics:
-        raise ConfigError(
-            f"optimized_metric={name} was never logged; logged metrics: {sorted(metrics)}"
-        )
-    return metrics[name]
+    from histo_lightning.pipelines.runner import optimized_metric
+
+    return optimized_metric(name, metrics)

@@ -130,7 +130,7 @@ def test_ddp_cpu_trains_and_tests_with_two_processes(
     ddp_metrics = json.loads((run_dir / "metrics.json").read_text())
     info = json.loads((run_dir / "run_info.json").read_text())
     # each rank tested a disjoint share; gathered predictions cover the whole test set exactly once
-    predictions = (run_dir / "predictions.csv").read_text().splitlines()
+    predictions = (run_dir / "02_test" / "predictions.csv").read_text().splitlines()
     assert len(predictions) - 1 == info["data"]["n_images"]["test"]
     # the same checkpoint evaluated by one process gives the same numbers
     cfg = make_cfg(
@@ -139,7 +139,7 @@ def test_ddp_cpu_trains_and_tests_with_two_processes(
             "experiment=breakhis_baseline",
             "trainer.limit_test_batches=1.0",
             "train=false",
-            f"ckpt_path={info['tested_checkpoint']}",
+            f"ckpt_path={info['stages']['test']['tested_checkpoint']}",
         ]
     )
     train(cfg)
@@ -164,7 +164,7 @@ def test_killed_run_resumes_from_last_ckpt(data_dir: Path, tmp_path: Path) -> No
     )
     try:
         deadline = time.time() + 300
-        while not (run_dir / "checkpoints" / "last.ckpt").exists():
+        while not (run_dir / "01_fit" / "checkpoints" / "last.ckpt").exists():
             assert proc.poll() is None and time.time() < deadline, (
                 "run ended before writing last.ckpt"
             )
@@ -176,10 +176,11 @@ def test_killed_run_resumes_from_last_ckpt(data_dir: Path, tmp_path: Path) -> No
     assert not (run_dir / "metrics.json").exists(), "the run finished before it was killed"
     result = run_cli(args)
     assert result.returncode == 0, result.stderr[-3000:]
-    info = json.loads((run_dir / "run_info.json").read_text())
-    assert info["resumed_from"].endswith("killed/checkpoints/last.ckpt")
-    assert info["epochs_completed"] == 8 and info["global_step"] == 8 * 3
-    assert "Resuming from" in (run_dir / "run.log").read_text()
+    fit = json.loads((run_dir / "run_info.json").read_text())["stages"]["fit"]
+    assert fit["status"] == "resumed"
+    assert fit["resumed_from"].endswith("killed/01_fit/checkpoints/last.ckpt")
+    assert fit["epochs"] == 8 and fit["global_step"] == 8 * 3
+    assert "resuming from" in (run_dir / "run.log").read_text()
 
 
 def test_ddp_inside_a_multirun_job(data_dir: Path, tmp_path: Path) -> None:

@@ -33,7 +33,7 @@ def test_smoke_run_writes_metrics_and_report(make_cfg) -> None:
     info = json.loads((out / "run_info.json").read_text())
     assert info["synthetic_data"] is True and info["fold"] == 3
     assert info["data"]["dataset"].startswith("breakhis_synthetic-")
-    predictions = pd.read_csv(out / "predictions.csv")
+    predictions = pd.read_csv(out / "02_test" / "predictions.csv")
     assert len(predictions) == 16  # limit_test_batches=2 x eval_batch_size=8
     assert (predictions["correct"] == (predictions["label"] == predictions["pred"])).all()
     assert predictions["correct"].mean() == pytest.approx(metrics["test/acc"])
@@ -43,8 +43,9 @@ def test_smoke_run_writes_metrics_and_report(make_cfg) -> None:
         "patient_scores.csv",
         "confusion_matrix.csv",
     ):
-        assert (out / name).stat().st_size > 0
-    assert (out / "checkpoints" / "last.ckpt").is_file()
+        assert (out / "02_test" / name).stat().st_size > 0
+    assert (out / "01_fit" / "checkpoints" / "last.ckpt").is_file()
+    assert info["stages"]["fit"]["status"] == "ran" and info["stages"]["test"]["status"] == "ran"
 
 
 def test_evaluate_a_checkpoint_without_training(make_cfg) -> None:
@@ -53,8 +54,8 @@ def test_evaluate_a_checkpoint_without_training(make_cfg) -> None:
     )
     train(cfg)
     fitted = Path(cfg.paths.output_dir)
-    best = json.loads((fitted / "run_info.json").read_text())["tested_checkpoint"]
-    ckpt = fitted / "checkpoints" / Path(best).name
+    best = json.loads((fitted / "run_info.json").read_text())["stages"]["fit"]["best_checkpoint"]
+    ckpt = fitted / "01_fit" / best
     eval_cfg = make_cfg(
         [
             "experiment=breakhis_baseline",
@@ -69,7 +70,10 @@ def test_evaluate_a_checkpoint_without_training(make_cfg) -> None:
     assert run(eval_cfg) is None
     evaluated = _metrics(Path(eval_cfg.paths.output_dir))
     assert evaluated == pytest.approx(_metrics(fitted))
-    assert not (Path(eval_cfg.paths.output_dir) / "checkpoints").exists()
+    evaluated_dir = Path(eval_cfg.paths.output_dir)
+    assert not (evaluated_dir / "01_fit").exists()
+    tested = json.loads((evaluated_dir / "run_info.json").read_text())["stages"]["test"]
+    assert tested["tested_checkpoint"] == str(ckpt)
 
 
 def test_train_false_needs_a_checkpoint(make_cfg) -> None:
@@ -77,24 +81,56 @@ def test_train_false_needs_a_checkpoint(make_cfg) -> None:
         train(make_cfg(["experiment=breakhis_baseline", *SMOKE, "train=false"]))
 
 
-def test_rerun_resumes_from_last_ckpt(make_cfg) -> None:
+def test_rerun_of_a_finished_run_reports_it_without_training(make_cfg) -> None:
     overrides = ["experiment=breakhis_baseline", *SMOKE, "trainer.limit_test_batches=1"]
-    first = make_cfg([*overrides, "trainer.max_epochs=1"])
-    train(first)
-    info = json.loads((Path(first.paths.output_dir) / "run_info.json").read_text())
-    assert info["resumed_from"] is None and info["global_step"] == 2
-    second = make_cfg([*overrides, "trainer.max_epochs=2"])  # same run directory
-    train(second)
-    info = json.loads((Path(second.paths.output_dir) / "run_info.json").read_text())
-    assert info["resumed_from"].endswith("checkpoints/last.ckpt")
-    assert info["global_step"] == 4 and info["epochs_completed"] == 2
-    # resume=false starts over
-    fresh = make_cfg([*overrides, "trainer.max_epochs=1", "resume=false"])
-    train(fresh)
-    assert (
-        json.loads((Path(fresh.paths.output_dir) / "run_info.json").read_text())["resumed_from"]
-        is None
+    first = make_cfg(overrides)
+    value = run(first)
+    out = Path(first.paths.output_dir)
+    metrics = _metrics(out)
+    done = (out / "01_fit" / "done.json").read_text()
+    again = run(make_cfg(overrides))  # same run directory (same run_id)
+    info = json.loads((out / "run_info.json").read_text())
+    assert {s["status"] for s in info["stages"].values()} == {"skipped"}
+    assert (out / "01_fit" / "done.json").read_text() == done
+    assert _metrics(out) == metrics and again == value  # val/acc_best is reported again
+
+
+def test_a_run_killed_during_its_test_is_tested_again_not_trained(make_cfg) -> None:
+    overrides = ["experiment=breakhis_baseline", *SMOKE, "trainer.limit_test_batches=1"]
+    first = make_cfg(overrides)
+    run(first)
+    out = Path(first.paths.output_dir)
+    (out / "02_test" / "done.json").unlink()  # as if killed while testing
+    run(make_cfg(overrides))
+    stages = json.loads((out / "run_info.json").read_text())["stages"]
+    assert stages["fit"]["status"] == "skipped" and stages["test"]["status"] == "ran"
+
+
+def test_an_interrupted_fit_resumes_and_resume_false_starts_over(make_cfg) -> None:
+    overrides = ["experiment=breakhis_baseline", *SMOKE, "trainer.max_epochs=2", "test=false"]
+    first = make_cfg(overrides)
+    run(first)
+    out = Path(first.paths.output_dir)
+    (out / "01_fit" / "done.json").unlink()  # killed after the last checkpoint was written
+    assert run(make_cfg(overrides)) is not None
+    fit = json.loads((out / "run_info.json").read_text())["stages"]["fit"]
+    assert fit["status"] == "resumed" and fit["resumed_from"].endswith(
+        "01_fit/checkpoints/last.ckpt"
     )
+    assert fit["global_step"] == 4 and "val/acc_best" in fit["metrics"]
+    fresh = make_cfg([*overrides, "resume=false"])
+    run(fresh)
+    fit = json.loads((out / "run_info.json").read_text())["stages"]["fit"]
+    assert fit["status"] == "ran" and fit["resumed_from"] is None
+
+
+def test_without_a_validation_set_the_last_checkpoint_is_tested(make_cfg) -> None:
+    cfg = make_cfg(["experiment=breakhis_baseline", *SMOKE, "split.val_fraction=0"])
+    value = run(cfg)  # optimized_metric val/acc_best falls back to train/acc
+    stages = json.loads((Path(cfg.paths.output_dir) / "run_info.json").read_text())["stages"]
+    assert stages["fit"]["has_validation"] is False and stages["fit"]["monitor"] is None
+    assert value == pytest.approx(stages["fit"]["metrics"]["train/acc"])
+    assert "test/acc" in _metrics(Path(cfg.paths.output_dir))
 
 
 def test_missing_ckpt_path_is_named(make_cfg) -> None:
@@ -182,7 +218,9 @@ def test_corrupt_image_skipped_and_listed(make_cfg, corrupt_copy, tmp_path: Path
     assert info["synthetic_data"] is False  # read through dataset.root like real data
     assert (
         victim
-        not in pd.read_csv(out / "predictions.csv")["path"].map(lambda p: Path(p).name).tolist()
+        not in pd.read_csv(out / "02_test" / "predictions.csv")["path"]
+        .map(lambda p: Path(p).name)
+        .tolist()
     )
 
 
@@ -198,11 +236,11 @@ def test_explicit_ckpt_path_resumes_into_a_new_run(make_cfg) -> None:
     overrides = ["experiment=breakhis_baseline", *SMOKE, "trainer.limit_test_batches=1"]
     first = make_cfg([*overrides, "trainer.max_epochs=1"], "first")
     train(first)
-    last = Path(first.paths.output_dir) / "checkpoints" / "last.ckpt"
+    last = Path(first.paths.output_dir) / "01_fit" / "checkpoints" / "last.ckpt"
     second = make_cfg([*overrides, "trainer.max_epochs=2", f"ckpt_path={last}"], "second")
     train(second)
-    info = json.loads((Path(second.paths.output_dir) / "run_info.json").read_text())
-    assert info["resumed_from"] == str(last) and info["global_step"] == 4
+    fit = json.loads((Path(second.paths.output_dir) / "run_info.json").read_text())["stages"]["fit"]
+    assert fit["resumed_from"] == str(last) and fit["global_step"] == 4
 
 
 def test_magnification_filter(make_cfg) -> None:

@@ -51,10 +51,13 @@ def log_image(trainer: pl.Trainer, key: str, path: Path) -> None:
 
 
 class TestReport(pl.Callback):
-    """Collects test predictions and writes the per-run report files into ``output_dir``."""
+    """Collects test predictions and writes the per-run report files into ``output_dir``.
 
-    def __init__(self, output_dir: str) -> None:
-        self.output_dir = Path(output_dir)
+    ``output_dir=None`` (the default config): the trainer's folder, i.e. the test stage's own folder.
+    """
+
+    def __init__(self, output_dir: str | None = None) -> None:
+        self.output_dir = Path(output_dir) if output_dir else None
         self._index: list[torch.Tensor] = []
         self._probs: list[torch.Tensor] = []
 
@@ -114,7 +117,7 @@ class TestReport(pl.Callback):
         for c, name in enumerate(class_names):
             predictions[f"prob_{name}"] = probs[:, c]
         predictions["correct"] = predictions["label"] == predictions["pred"]
-        out = self.output_dir
+        out = self.output_dir or Path(trainer.default_root_dir if trainer is not None else ".")
         with atomic_path(out / "predictions.csv") as tmp:
             predictions.to_csv(tmp, index=False)
 

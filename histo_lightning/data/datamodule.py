@@ -338,8 +338,12 @@ class HistoDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+    def has_validation(self) -> bool:
+        """Whether this fold has a validation set (none with ``split.val_fraction=0``)."""
+        return len(self.datasets.get("val", ())) > 0
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._loader("val", shuffle=False) if self.has_validation() else []
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)

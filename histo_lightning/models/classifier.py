@@ -62,7 +62,11 @@ class ImageClassifier(pl.LightningModule):
         channels_last: bool = False,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(logger=False, ignore=list(self.injected_modules))
+        # partials and modules stay out of the checkpoint (it must load with weights_only=True)
+        self.save_hyperparameters(
+            logger=False, ignore=[*self.injected_modules, "optimizer", "scheduler"]
+        )
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.net = net.to(memory_format=torch.channels_last) if channels_last else net
         self.loss = loss
         self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
@@ -152,10 +156,10 @@ class ImageClassifier(pl.LightningModule):
         self.test_loss.reset()
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.hparams.optimizer(params=self.parameters())
-        if self.hparams.scheduler is None:
+        optimizer = self.optimizer_factory(params=self.parameters())
+        if self.scheduler_factory is None:
             return optimizer
-        scheduler = self.hparams.scheduler(optimizer=optimizer)
+        scheduler = self.scheduler_factory(optimizer=optimizer)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {

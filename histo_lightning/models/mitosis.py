@@ -79,7 +79,8 @@ class PatchClassifier(pl.LightningModule):
         monitor_mode: str = "max",
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(logger=False, ignore=["net", "loss"])
+        self.save_hyperparameters(logger=False, ignore=["net", "loss", "optimizer"])
+        self.optimizer_factory = optimizer
         if schedule is not None:
             check_schedule(schedule["milestones"], schedule["values"])
         if monitor_mode not in ("max", "min"):
@@ -182,7 +183,7 @@ class PatchClassifier(pl.LightningModule):
 
     # ---- optimisation -----------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
-        optimizer = self.hparams.optimizer(params=self.net.parameters())
+        optimizer = self.optimizer_factory(params=self.net.parameters())
         schedule = self.hparams.schedule
         if schedule is None:
             return optimizer

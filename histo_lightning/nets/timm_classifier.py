@@ -6,13 +6,11 @@ Inception v1 of SMSE Table X that timm does not have), with its final linear lay
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import timm
-import torch
 from torch import Tensor, nn
 
 from histo_lightning.errors import ConfigError
+from histo_lightning.nets.weights import load_matching_weights
 
 TORCHVISION_PREFIX = "tv:"
 
@@ -95,7 +93,7 @@ class TimmClassifier(nn.Module):
                 drop_rate=drop_rate,
             )
         if weights_path is not None:
-            self._load_local_weights(Path(weights_path))
+            load_matching_weights(self.backbone, weights_path, "model.net.weights_path")
         features = self.backbone.num_features
         if embedding_dim:
             self.embedding = nn.Sequential(nn.Linear(features, embedding_dim), nn.PReLU())
@@ -103,28 +101,6 @@ class TimmClassifier(nn.Module):
         else:
             self.embedding = nn.Identity()
         self.classifier = nn.Linear(features, num_classes)
-
-    def _load_local_weights(self, path: Path) -> None:
-        if not path.is_file():
-            raise ConfigError(
-                f"model.net.weights_path={str(path)!r} does not exist (expected a backbone state dict)"
-            )
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            state = state.get("state_dict", state) if isinstance(state, dict) else state
-        backbone_keys = set(self.backbone.state_dict())
-        filtered = {k: v for k, v in state.items() if k in backbone_keys}
-        missing = backbone_keys - set(filtered)
-        if not filtered or len(missing) > 0.5 * len(backbone_keys):
-            raise ConfigError(
-                f"model.net.weights_path={str(path)!r}: only {len(filtered)} of {len(backbone_keys)} backbone "
-                f"tensors found; is it a state dict of the same architecture?"
-            )
-        self.backbone.load_state_dict(filtered, strict=False)
 
     def embed(self, x: Tensor) -> Tensor:
         return self.embedding(self.backbone(x))

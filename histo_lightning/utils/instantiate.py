@@ -8,6 +8,7 @@ line instead of a traceback.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 import hydra
@@ -39,13 +40,17 @@ def build(cfg: Any, **kwargs: Any) -> Any:
         raise
 
 
-def _instantiate_all(cfg: DictConfig | None, group: str, kind: type) -> list[Any]:
+def _instantiate_all(
+    cfg: DictConfig | None, group: str, kind: type, exclude: Collection[str] = ()
+) -> list[Any]:
     objects: list[Any] = []
     if not cfg:
         return objects
     if not isinstance(cfg, DictConfig):
         raise ConfigError(f"{group} must be a mapping of named configs, got {type(cfg).__name__}")
     for name, node in cfg.items():
+        if name in exclude:
+            continue
         if isinstance(node, DictConfig) and "_target_" in node:
             obj = build(node)
             if not isinstance(obj, kind):
@@ -56,9 +61,9 @@ def _instantiate_all(cfg: DictConfig | None, group: str, kind: type) -> list[Any
     return objects
 
 
-def instantiate_callbacks(cfg: DictConfig | None) -> list[Callback]:
-    """Every node with a ``_target_`` under ``callbacks``."""
-    return _instantiate_all(cfg, "callbacks", Callback)
+def instantiate_callbacks(cfg: DictConfig | None, exclude: Collection[str] = ()) -> list[Callback]:
+    """Every node with a ``_target_`` under ``callbacks``, except those named in ``exclude``."""
+    return _instantiate_all(cfg, "callbacks", Callback, exclude)
 
 
 def instantiate_loggers(cfg: DictConfig | None) -> list[Logger]:

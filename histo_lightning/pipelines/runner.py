@@ -1,0 +1,570 @@
+"""The stage runner: every experiment is an ordered list of named stages declared in config.
+
+``task: histo_lightning.pipelines.runner.run_pipeline`` (the default) runs ``cfg.pipeline``::
+
+    pipeline:
+      name: CHS-Net
+      stages:                      # run in this order (or in pipeline.order)
+        screening: {kind: fit, module: ${model.screening}}
+        mining: {kind: predict, from: screening, subset: train, callbacks: {...}}
+        refined: {kind: fit, module: ${model.refined}, setup: [{fn: ..., ...}]}
+        detection: {kind: test, module: {...}, inject: {final_net: refined.inference_net}}
+
+A stage is a ``fit`` (a LightningModule and the data module on a Trainer), a ``predict`` (a
+``Trainer.predict`` whose outputs a writer stores in a feature cache), a ``test`` or a plain ``function``
+(K-means, LightGBM, a report); see :mod:`histo_lightning.pipelines.stages` for each kind's keys. Stage
+objects are instantiated from config; the results of earlier stages are injected by name
+(``inject: {net: screening.inference_net}``).
+
+Every stage works in its own folder ``<run>/<NN>_<name>/`` and ends by writing ``done.json`` atomically.
+Its fingerprint digests the stage's resolved config, the seed, the semantic trainer and dataset
+settings, the data module's fingerprint and the fingerprint of the stage before it. On a rerun of the same
+run directory:
+
+* a finished stage whose fingerprint matches is skipped (and the log says so); its outputs are read back
+  from its folder, and the random-number state it ended with is restored, so the stages after it run as
+  they would have in one go;
+* a stage whose config or inputs changed is redone — its folder is cleared — and so is every stage after
+  it; the log names the keys that changed;
+* an interrupted fit resumes from its ``last.ckpt``; an interrupted prediction computes only the rows its
+  feature cache lacks.
+
+The run ends with the contract of every run: ``metrics.json`` (the ``test/*`` metrics), ``run_info.json``
+(data, stages with their status and fingerprints, machine), the CV summary of a sweep. Under DDP every
+rank runs the same sequence; rank 0 writes the stage files and the ranks meet after each stage.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from lightning_utilities.core.rank_zero import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from histo_lightning.errors import ConfigError
+from histo_lightning.utils.fingerprint import describe_differences, digest
+from histo_lightning.utils.hydra_ddp import prepare_ddp_subprocess_launch
+from histo_lightning.utils.instantiate import build, instantiate_callbacks, instantiate_loggers
+from histo_lightning.utils.io import read_json, write_json_atomic
+from histo_lightning.utils.logging import get_logger
+
+log = get_logger(__name__)
+
+DONE = "done.json"
+STARTED = "started.json"
+RNG_STATE = "rng_state.npz"
+# trainer and dataset settings that change how fast, not what, a stage computes
+NON_SEMANTIC_TRAINER_KEYS = frozenset(
+    {
+        "default_root_dir",
+        "enable_progress_bar",
+        "enable_model_summary",
+        "log_every_n_steps",
+        "logger",
+        "callbacks",
+        "profiler",
+        "num_sanity_val_steps",
+    }
+)
+NON_SEMANTIC_DATASET_KEYS = frozenset(
+    {"num_workers", "pin_memory", "prepare_workers", "eval_batch_size", "persistent_workers"}
+)
+# generic callbacks (the `callbacks` group) each stage kind takes; the stages add their own
+GENERIC_CALLBACKS_EXCLUDED = {
+    "fit": {"test_report", "model_checkpoint"},
+    "test": {"model_checkpoint", "early_stopping", "lr_monitor"},
+    "predict": {"model_checkpoint", "early_stopping", "lr_monitor", "test_report"},
+    "function": set(),
+}
+
+
+def is_global_zero() -> bool:
+    return getattr(rank_zero_only, "rank", 0) == 0
+
+
+def barrier(name: str) -> None:
+    """Wait for every rank (a no-op outside an initialised process group)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def to_plain(node: Any) -> Any:
+    """A resolved, JSON-able copy of a config node (or the value itself)."""
+    if isinstance(node, DictConfig) or OmegaConf.is_list(node):
+        return OmegaConf.to_container(node, resolve=True)
+    return node
+
+
+def set_logger_prefix(loggers: list, prefix: str) -> None:
+    """Make Lightning's loggers prefix every key with ``prefix`` (``screening/`` → ``screening/val/ap``).
+
+    Uses the loggers' own prefix mechanism (CSV, TensorBoard and W&B loggers have one); a logger without it
+    gets unprefixed keys.
+    """
+    for logger in loggers:
+        if hasattr(logger, "_prefix"):
+            logger._prefix = prefix.rstrip("/")
+            logger.LOGGER_JOIN_CHAR = "/"
+
+
+# ---- random-number state carried from stage to stage ------------------------------------------------------
+def save_rng_state(path: Path) -> None:
+    """Python, numpy and torch (CPU and CUDA) random states, as arrays (no pickle)."""
+    import random
+
+    version, state, gauss = random.getstate()
+    np_state = np.random.get_state()  # noqa: NPY002 (the global state seed_everything sets)
+    arrays = {
+        "python_version": np.array(version),
+        "python_state": np.array(state, dtype=np.int64),
+        "python_gauss": np.array(np.nan if gauss is None else gauss),
+        "numpy_key": np_state[1],
+        "numpy_pos": np.array(np_state[2]),
+        "numpy_has_gauss": np.array(np_state[3]),
+        "numpy_gauss": np.array(np_state[4]),
+        "torch": torch.get_rng_state().numpy(),
+    }
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            arrays[f"cuda_{i}"] = s.numpy()
+    from histo_lightning.utils.io import atomic_path
+
+    with atomic_path(path) as tmp, tmp.open("wb") as handle:
+        np.savez(handle, **arrays)
+
+
+def load_rng_state(path: Path) -> bool:
+    """Restore the states saved by :func:`save_rng_state`; False when there is no such file."""
+    import random
+
+    if not path.is_file():
+        return False
+    with np.load(path) as data:
+        gauss = float(data["python_gauss"])
+        random.setstate(
+            (
+                int(data["python_version"]),
+                tuple(int(v) for v in data["python_state"]),
+                None if np.isnan(gauss) else gauss,
+            )
+        )
+        np.random.set_state(  # noqa: NPY002
+            (
+                "MT19937",
+                data["numpy_key"],
+                int(data["numpy_pos"]),
+                int(data["numpy_has_gauss"]),
+                float(data["numpy_gauss"]),
+            )
+        )
+        torch.set_rng_state(torch.from_numpy(data["torch"].copy()))
+        cuda = sorted(k for k in data.files if k.startswith("cuda_"))
+        if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all([torch.from_numpy(data[k].copy()) for k in cuda])
+    return True
+
+
+# ---- stage records --------------------------------------------------------------------------------------
+@dataclass
+class StageResult:
+    """What a finished (or skipped) stage left: its ``done.json`` and, for fits, the trained module."""
+
+    name: str
+    kind: str
+    dir: Path
+    fingerprint: str
+    status: str
+    info: dict[str, Any]
+    module: pl.LightningModule | None = field(default=None, repr=False)
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        return dict(self.info.get("metrics", {}))
+
+    @property
+    def outputs(self) -> dict[str, Any]:
+        return dict(self.info.get("outputs", {}))
+
+    def path(self, key: str) -> Path:
+        """An output path recorded relative to the stage folder, made absolute."""
+        value = self.outputs[key]
+        return self.dir / value
+
+
+class StageContext:
+    """What a stage sees: the config, the data module, the loggers, its folder, earlier stages' results.
+
+    Method functions (``kind: function``, ``setup`` hooks) receive it as their first argument.
+    """
+
+    def __init__(
+        self, runner: PipelineRunner, name: str, index: int, stage_cfg: DictConfig
+    ) -> None:
+        self.runner = runner
+        self.name = name
+        self.index = index
+        self.stage_cfg = stage_cfg
+        self.dir = runner.run_dir / f"{index:02d}_{name}"
+
+    # ---- shared objects ---------------------------------------------------------------------------------
+    @property
+    def cfg(self) -> DictConfig:
+        return self.runner.cfg
+
+    @property
+    def datamodule(self) -> Any:
+        return self.runner.datamodule
+
+    @property
+    def loggers(self) -> list:
+        return self.runner.loggers
+
+    @property
+    def run_dir(self) -> Path:
+        return self.runner.run_dir
+
+    @property
+    def is_global_zero(self) -> bool:
+        return is_global_zero()
+
+    @property
+    def log_prefix(self) -> str:
+        prefix = self.stage_cfg.get("log_prefix", self.name)
+        return f"{prefix}/" if prefix else ""
+
+    def prefixed(self, metrics: Mapping[str, float]) -> dict[str, float]:
+        prefix = self.log_prefix
+        return {k if k.startswith(prefix) else prefix + k: float(v) for k, v in metrics.items()}
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        """Send ``metrics`` (stage-prefixed) to every logger, from rank 0."""
+        if not self.is_global_zero or not metrics:
+            return
+        set_logger_prefix(self.loggers, "")
+        for logger in self.loggers:
+            logger.log_metrics(self.prefixed(metrics), step=step)
+
+    # ---- earlier stages ------------------------------------------------------------------------------------
+    def result(self, name: str) -> StageResult:
+        """The result of the earlier stage ``name``."""
+        if name not in self.runner.results:
+            enabled = [n for n in self.runner.results]
+            raise ConfigError(
+                f"pipeline.stages.{self.name} refers to stage {name!r}, which has not run before it "
+                f"(disabled, misspelt or later); finished stages: {enabled}"
+            )
+        return self.runner.results[name]
+
+    def module(self, name: str) -> pl.LightningModule:
+        """The trained module of the earlier fit stage ``name``, with its best weights."""
+        return self.runner.trained_module(self.result(name))
+
+    def ref(self, spec: str | None) -> Any:
+        """Resolve ``"<stage>.<attribute or output>..."``: a fit stage's module attribute (methods are
+        called), another stage's ``outputs``/``metrics`` entries; None stays None."""
+        if spec is None:
+            return None
+        stage, *path = str(spec).split(".")
+        result = self.result(stage)
+        obj: Any = self.module(stage) if result.kind == "fit" else result
+        for part in path:
+            obj = obj[part] if isinstance(obj, Mapping) else getattr(obj, part)
+            if callable(obj) and not isinstance(obj, torch.nn.Module):
+                obj = obj()
+        return obj
+
+    def build(self, node: Any, **kwargs: Any) -> Any:
+        """Instantiate a config node, with the stage's ``inject`` references resolved as keyword arguments."""
+        inject = self.stage_cfg.get("inject") or {}
+        injected = {k: self.ref(v) for k, v in inject.items()}
+        return build(node, **injected, **kwargs)
+
+    def call(self, spec: Mapping[str, Any], **extra: Any) -> Any:
+        """Call ``spec.fn`` (``package.module.function``) with this context and the spec's other keys."""
+        spec = dict(to_plain(spec))
+        target = spec.pop("fn", None)
+        if not target:
+            raise ConfigError(
+                f"pipeline.stages.{self.name}: a function spec needs fn: package.module.name"
+            )
+        from histo_lightning.train import resolve_task
+
+        function = resolve_task(target)
+        return function(self, **spec, **extra)
+
+    # ---- trainers --------------------------------------------------------------------------------------
+    def generic_callbacks(self, kind: str) -> list[pl.Callback]:
+        return instantiate_callbacks(self.cfg.get("callbacks"), GENERIC_CALLBACKS_EXCLUDED[kind])
+
+    def stage_callbacks(self) -> list[pl.Callback]:
+        return instantiate_callbacks(self.stage_cfg.get("callbacks"))
+
+    def trainer(
+        self,
+        callbacks: list[pl.Callback],
+        module: pl.LightningModule | None = None,
+        **overrides: Any,
+    ) -> pl.Trainer:
+        """A Trainer with the configured settings, the run's loggers (stage-prefixed) and this folder."""
+        set_logger_prefix(self.loggers, self.log_prefix)
+        trainer = build(
+            self.cfg.trainer,
+            callbacks=callbacks,
+            logger=self.loggers or False,
+            default_root_dir=str(self.dir),
+            **overrides,
+        )
+        self.runner.log_hparams_once(trainer, module)
+        return trainer
+
+
+# ---- the runner -------------------------------------------------------------------------------------------
+class PipelineRunner:
+    """Runs ``cfg.pipeline`` in the job's run directory (see the module docstring)."""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(cfg.paths.output_dir)
+        pipeline = cfg.get("pipeline")
+        if not pipeline or not pipeline.get("stages"):
+            raise ConfigError("pipeline.stages is empty: an experiment must declare its stages")
+        self.pipeline = pipeline
+        self.datamodule: Any = None
+        self.loggers: list = []
+        self.results: dict[str, StageResult] = {}
+        self.metrics: dict[str, float] = {}
+        self._modules: dict[str, pl.LightningModule] = {}
+        self._hparams_logged = False
+
+    # ---- the stage list ---------------------------------------------------------------------------------
+    def stage_order(self) -> list[str]:
+        stages = self.pipeline.stages
+        order = list(self.pipeline.get("order") or stages.keys())
+        unknown = [s for s in order if s not in stages]
+        if unknown:
+            raise ConfigError(
+                f"pipeline.order names unknown stage(s) {unknown}; stages: {list(stages)}"
+            )
+        return order
+
+    def check(self) -> None:
+        from histo_lightning.pipelines.stages import STAGE_KINDS
+
+        for name in self.stage_order():
+            node = self.pipeline.stages[name]
+            kind = node.get("kind") if isinstance(node, DictConfig) else None
+            if kind not in STAGE_KINDS:
+                raise ConfigError(
+                    f"pipeline.stages.{name}.kind={kind!r}: expected one of {sorted(STAGE_KINDS)}"
+                )
+
+    # ---- fingerprints -----------------------------------------------------------------------------------
+    def semantic_settings(self) -> dict[str, Any]:
+        trainer = {
+            k: v
+            for k, v in to_plain(self.cfg.trainer).items()
+            if k not in NON_SEMANTIC_TRAINER_KEYS
+        }
+        dataset = {
+            k: v
+            for k, v in to_plain(self.cfg.dataset).items()
+            if k not in NON_SEMANTIC_DATASET_KEYS
+        }
+        return {"seed": self.cfg.get("seed"), "trainer": trainer, "dataset": dataset}
+
+    def stage_inputs(
+        self, name: str, stage_cfg: DictConfig, upstream: str | None
+    ) -> dict[str, Any]:
+        """Everything a stage's fingerprint digests (recorded in ``started.json`` to explain a redo)."""
+        data = self.datamodule.fingerprint() if hasattr(self.datamodule, "fingerprint") else None
+        return {
+            "stage": {"name": name, **to_plain(stage_cfg)},
+            "settings": self.semantic_settings(),
+            "data": data,
+            "upstream": upstream,
+        }
+
+    # ---- loggers and hyper-parameters ------------------------------------------------------------------
+    def log_hparams_once(self, trainer: pl.Trainer, module: pl.LightningModule | None) -> None:
+        if self._hparams_logged or not trainer.loggers:
+            return
+        from histo_lightning.train import log_hyperparameters
+
+        data = {"dataset": self.datamodule.name, "synthetic": self.datamodule.is_synthetic}
+        log_hyperparameters(self.cfg, module, trainer, data)
+        self._hparams_logged = True
+
+    # ---- modules of fit stages -----------------------------------------------------------------------------
+    def remember_module(self, name: str, module: pl.LightningModule) -> None:
+        self._modules[name] = module
+
+    def trained_module(self, result: StageResult) -> pl.LightningModule:
+        """A fit stage's module with its best (or last) weights, built and loaded once."""
+        if result.kind != "fit":
+            raise ConfigError(
+                f"stage {result.name!r} is a {result.kind} stage, not a fit: it has no module"
+            )
+        module = self._modules.get(result.name)
+        checkpoint = result.info.get("best_checkpoint")
+        if module is None:
+            from histo_lightning.pipelines.stages import build_stage_module
+
+            module = build_stage_module(self, result.name)
+            self._modules[result.name] = module
+            if not checkpoint:
+                raise ConfigError(
+                    f"stage {result.name!r} finished without a checkpoint (e.g. debug=fdr), so its "
+                    f"weights cannot be restored; rerun it (delete {result.dir})"
+                )
+        if checkpoint and not getattr(module, "_histo_loaded_best", False):
+            from histo_lightning.pipelines.stages import load_weights
+
+            load_weights(module, result.dir / checkpoint)
+            module._histo_loaded_best = True
+        return module
+
+    # ---- one stage --------------------------------------------------------------------------------------------
+    def run_stage(self, name: str, index: int, upstream: str | None, force: bool) -> StageResult:
+        """Skip, redo or resume one stage (every rank makes the same decision from the same files)."""
+        from histo_lightning.pipelines.stages import STAGE_KINDS
+
+        stage_cfg = self.pipeline.stages[name]
+        ctx = StageContext(self, name, index, stage_cfg)
+        inputs = self.stage_inputs(name, stage_cfg, upstream)
+        fingerprint = digest(inputs)
+        kind = stage_cfg.kind
+        label = f"Stage {index:02d} {name} ({kind})"
+        barrier("stage_read")
+        done = read_json(ctx.dir / DONE)
+        started = read_json(ctx.dir / STARTED)
+
+        if done is not None and done.get("fingerprint") == fingerprint and not force:
+            log.info(f"{label}: finished earlier with the same config and inputs, skipped")
+            load_rng_state(ctx.dir / RNG_STATE)
+            result = StageResult(name, kind, ctx.dir, fingerprint, "skipped", done)
+            STAGE_KINDS[kind].restore(ctx, result)
+            return result
+
+        recorded = (started or {}).get("inputs")
+        reason = None
+        if force and ctx.dir.exists():
+            reason = "redoing (resume=false)"
+        elif recorded is not None and digest(recorded) != fingerprint:
+            if recorded.get("stage") == inputs["stage"] and recorded.get("upstream") != upstream:
+                reason = "redoing, because an earlier stage was redone"
+            else:
+                changes = describe_differences(recorded, inputs, here="now", there="before")
+                reason = "redoing, its config or inputs changed: " + "; ".join(changes)
+        elif ctx.dir.exists() and started is None:
+            reason = "its folder holds no record of what made it"
+        if reason is not None and is_global_zero():
+            log.info(f"{label}: {reason}; clearing {ctx.dir}")
+            shutil.rmtree(ctx.dir, ignore_errors=True)
+        if is_global_zero():
+            write_json_atomic(ctx.dir / STARTED, {"fingerprint": fingerprint, "inputs": inputs})
+        barrier("stage_started")
+        log.info(f"{label}: running in {ctx.dir}")
+        began = time.time()
+        info = STAGE_KINDS[kind](ctx).run()
+        info = {
+            **info,
+            "fingerprint": fingerprint,
+            "token": uuid.uuid4().hex[:12],
+            "kind": kind,
+            "duration_s": round(time.time() - began, 1),
+        }
+        if is_global_zero():
+            save_rng_state(ctx.dir / RNG_STATE)
+            write_json_atomic(ctx.dir / DONE, info)
+        barrier("stage_done")
+        if not is_global_zero():
+            info = read_json(ctx.dir / DONE) or info  # one token for all ranks
+        status = "resumed" if info.get("resumed_from") else "ran"
+        return StageResult(name, kind, ctx.dir, fingerprint, status, info, self._modules.get(name))
+
+    # ---- the job ----------------------------------------------------------------------------------------------
+    def run(self) -> dict[str, float]:
+        from histo_lightning.train import build_datamodule, seed_run, write_run_report
+
+        started = time.time()
+        self.check()
+        seed_run(self.cfg)
+        self.datamodule = build_datamodule(self.cfg)
+        self.datamodule.setup("fit")
+        self.loggers = instantiate_loggers(self.cfg.get("logger"))
+        prepare_ddp_subprocess_launch()
+
+        upstream: str | None = None
+        redo_all = not self.cfg.get("resume", True)
+        index = 0
+        for position, name in enumerate(self.stage_order(), start=1):
+            stage_cfg = self.pipeline.stages[name]
+            if not stage_cfg.get("enabled", True):
+                log.info(f"Stage {position:02d} {name}: disabled by config")
+                continue
+            index = position
+            result = self.run_stage(name, index, upstream, force=redo_all)
+            self.results[name] = result
+            self.metrics.update(result.metrics)
+            # the next stage depends on this one's config AND on this very execution of it (its token):
+            # a stage that ran again, even unchanged, makes the later ones stale
+            upstream = f"{result.fingerprint}:{result.info.get('token')}"
+
+        if is_global_zero():
+            write_run_report(
+                self.cfg,
+                self.datamodule,
+                self.metrics,
+                started,
+                pipeline=self.pipeline.get("name"),
+                stages={
+                    name: {
+                        "status": r.status,
+                        "folder": r.dir.name,
+                        "fingerprint": r.fingerprint,
+                        **{k: v for k, v in r.info.items() if k not in ("fingerprint",)},
+                    }
+                    for name, r in self.results.items()
+                },
+                **dict(to_plain(self.pipeline.get("report") or {})),
+            )
+        return self.metrics
+
+
+def optimized_metric(name: str, metrics: Mapping[str, float]) -> float:
+    """The value returned to a sweeper for ``optimized_metric=name``.
+
+    Without a validation set (``split.val_fraction=0``: train on all training patients, as the papers do)
+    no ``val/<m>_best`` exists; the training metric of the last epoch (``train/<m>``, same direction) is
+    returned instead, and the log says so. Anything else never logged is an error naming what was.
+    """
+    if name in metrics:
+        return float(metrics[name])
+    head, sep, tail = name.rpartition("val/")
+    if sep and tail.endswith("_best"):
+        fallback = f"{head}train/{tail.removesuffix('_best')}"
+        if fallback in metrics:
+            log.warning(
+                f"optimized_metric={name} does not exist without a validation set; returning {fallback}"
+            )
+            return float(metrics[fallback])
+    raise ConfigError(
+        f"optimized_metric={name} was never logged; logged metrics: {sorted(metrics)}"
+    )
+
+
+def run_pipeline(cfg: DictConfig) -> dict[str, float]:
+    """The default task: run the configured stages (see the module docstring) and return every metric."""
+    return PipelineRunner(cfg).run()
+
+
+__all__ = ["PipelineRunner", "StageContext", "StageResult", "optimized_metric", "run_pipeline"]

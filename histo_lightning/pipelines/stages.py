@@ -1,0 +1,397 @@
+"""The four kinds of stage the runner (:mod:`histo_lightning.pipelines.runner`) knows.
+
+Keys every stage takes: ``kind``; ``enabled`` (default true); ``log_prefix`` (default: the stage name;
+``""`` logs unprefixed, as a single fit or a method's final test does); ``callbacks`` (named
+``_target_`` nodes added to the stage's trainer); ``inject`` (constructor arguments resolved from earlier
+stages: ``{final_net: refined.inference_net}``); ``setup`` (a list of ``{fn: package.module.function,
+...kwargs}`` called with the :class:`~histo_lightning.pipelines.runner.StageContext` before the stage
+runs, e.g. to give the data module the mined examples; they change the shared data module for the stages
+after too).
+
+``fit``
+    ``module`` (a LightningModule node), ``init_from`` (start from an earlier fit's best weights),
+    ``max_epochs`` (capped by ``trainer.max_epochs``), ``monitor``/``monitor_mode`` (default: the module's
+    hyper-parameters), ``ckpt_path`` (resume from this checkpoint instead of the stage's own
+    ``last.ckpt``). Checkpoints go to ``<stage>/checkpoints`` (best by the monitor, and last); without a
+    validation set (``split.val_fraction=0``) the last checkpoint is the one kept and used.
+``test``
+    ``from`` (an earlier fit: its module with its best weights) or ``module`` (+ ``inject``);
+    ``ckpt_path`` evaluates that checkpoint instead when the ``from`` stage did not run (``train=false``).
+``predict``
+    ``from`` or ``module``; ``subset`` (the data module's ``predict_dataset``/``sample_manifest`` name);
+    ``batch_size``, ``num_workers``; ``output``: ``key`` (the ``predict_step`` entry to store, default
+    ``features``), ``dtype`` (float16|float32), ``shared`` (true: a keyed cache under
+    ``paths.cache_dir/features`` that other runs and folds reuse; false: ``<stage>/features``), ``path`` (an
+    explicit cache folder; refused when it holds another producer's features), ``flush_every``.
+    Callbacks with an ``on_features_ready(cache, ctx)`` method (e.g. hard-example mining) are called with
+    the complete cache, also when every row was cached already.
+``function``
+    ``fn`` (``package.module.function``) and ``kwargs``: ``fn(ctx, **kwargs)`` returns a dict whose
+    ``metrics`` are logged (stage-prefixed) and whose ``outputs`` later stages read (paths relative to the
+    stage folder). Runs on rank 0 only unless ``all_ranks: true``; the other ranks read its ``done.json``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig
+from pytorch_lightning.callbacks import ModelCheckpoint
+from torch.utils.data import DataLoader, Subset, default_collate
+
+from histo_lightning.callbacks.feature_writer import FeatureCacheWriter
+from histo_lightning.data.feature_cache import FeatureCache, default_cache_dir, manifest_digest
+from histo_lightning.errors import ConfigError
+from histo_lightning.utils.checkpoints import load_checkpoint
+from histo_lightning.utils.instantiate import build
+from histo_lightning.utils.logging import get_logger
+
+if TYPE_CHECKING:
+    from histo_lightning.pipelines.runner import PipelineRunner, StageContext, StageResult
+
+log = get_logger(__name__)
+
+FEATURE_CODE_VERSION = 1  # bump when the code that computes cached features changes its numbers
+
+
+def build_stage_module(runner: PipelineRunner, name: str) -> pl.LightningModule:
+    """The module of stage ``name`` built from its config (``module`` + ``inject``), untrained."""
+    from histo_lightning.pipelines.runner import StageContext
+
+    stage_cfg = runner.pipeline.stages[name]
+    if "module" not in stage_cfg:
+        raise ConfigError(f"pipeline.stages.{name}.module is missing (a LightningModule node)")
+    ctx = StageContext(runner, name, 0, stage_cfg)
+    return ctx.build(stage_cfg.module)
+
+
+def load_weights(module: torch.nn.Module, checkpoint: str | Path) -> None:
+    """Load a Lightning checkpoint's ``state_dict`` into ``module`` (plain tensors only, never pickle)."""
+    module.load_state_dict(load_checkpoint(checkpoint)["state_dict"])
+
+
+class Stage:
+    """A stage of one kind, bound to its context; :meth:`run` returns what goes into ``done.json``."""
+
+    kind = ""
+
+    def __init__(self, ctx: StageContext) -> None:
+        self.ctx = ctx
+        self.cfg: DictConfig = ctx.stage_cfg
+
+    @classmethod
+    def restore(cls, ctx: StageContext, result: StageResult) -> None:
+        """Called when the stage is skipped (finished earlier): nothing to do by default."""
+
+    def run_setup(self) -> None:
+        for spec in self.cfg.get("setup") or []:
+            self.ctx.call(spec)
+
+    def relative(self, path: str | Path | None) -> str | None:
+        if not path:
+            return None
+        path = Path(path)
+        try:
+            return str(path.relative_to(self.ctx.dir))
+        except ValueError:
+            return str(path)
+
+    def source_module(self) -> pl.LightningModule:
+        """``from: <fit stage>`` (its best weights) or ``module:`` built here."""
+        source = self.cfg.get("from")
+        if source:
+            return self.ctx.module(source)
+        if "module" not in self.cfg:
+            raise ConfigError(
+                f"pipeline.stages.{self.ctx.name} needs from: <fit stage> or module: <LightningModule>"
+            )
+        return self.ctx.build(self.cfg.module)
+
+    def run(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class FitStage(Stage):
+    kind = "fit"
+
+    def checkpoint_callback(self, monitor: str | None, mode: str) -> ModelCheckpoint:
+        settings = {"dirpath": str(self.ctx.dir / "checkpoints"), "monitor": monitor, "mode": mode}
+        template = (self.ctx.cfg.get("callbacks") or {}).get("model_checkpoint")
+        if template is not None:
+            return build(template, **settings)
+        return ModelCheckpoint(
+            **settings, save_last=True, filename="epoch_{epoch:03d}", auto_insert_metric_name=False
+        )
+
+    def max_epochs(self) -> int | None:
+        cap = self.ctx.cfg.trainer.get("max_epochs")
+        own = self.cfg.get("max_epochs")
+        if own is None:
+            return cap
+        return int(own) if cap is None or cap < 0 else min(int(own), int(cap))
+
+    def resume_from(self) -> str | None:
+        explicit = self.cfg.get("ckpt_path")
+        if explicit:
+            load_checkpoint(explicit)  # refuses a missing or pickle-needing file in one line
+            return str(explicit)
+        last = self.ctx.dir / "checkpoints" / "last.ckpt"
+        if self.ctx.cfg.get("resume", True) and last.is_file():
+            log.info(f"Stage {self.ctx.name}: resuming from {last}")
+            return str(last)
+        return None
+
+    def run(self) -> dict[str, Any]:
+        ctx = self.ctx
+        module = build_stage_module(ctx.runner, ctx.name)
+        init_from = self.cfg.get("init_from")
+        if init_from:
+            module.load_state_dict(ctx.module(init_from).state_dict())
+            log.info(f"Stage {ctx.name}: starting from the weights of stage {init_from}")
+        self.run_setup()
+        datamodule = ctx.datamodule
+        has_val = (
+            bool(datamodule.has_validation()) if hasattr(datamodule, "has_validation") else True
+        )
+        hparams = getattr(module, "hparams", {})
+        monitor = self.cfg.get("monitor") or hparams.get("monitor")
+        mode = self.cfg.get("monitor_mode") or hparams.get("monitor_mode", "max")
+        if not has_val:
+            log.info(f"Stage {ctx.name}: no validation set, the last checkpoint is the one used")
+        checkpoint = self.checkpoint_callback(monitor if has_val else None, mode)
+        callbacks = [checkpoint, *ctx.generic_callbacks("fit"), *ctx.stage_callbacks()]
+        trainer = ctx.trainer(callbacks, module, max_epochs=self.max_epochs())
+        resumed_from = self.resume_from()
+        log.info(f"Stage {ctx.name}: fitting for up to {trainer.max_epochs} epoch(s)")
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resumed_from, weights_only=True)
+        from histo_lightning.train import scalars
+
+        metrics = scalars(trainer.callback_metrics)
+        best_key = f"{monitor}_best" if monitor else None
+        if (
+            has_val
+            and best_key
+            and best_key not in metrics
+            and checkpoint.best_model_score is not None
+        ):
+            # resumed from a last.ckpt written after the final epoch: nothing left to run or log, but the
+            # restored checkpoint callback knows the best score
+            metrics[best_key] = float(checkpoint.best_model_score)
+        best = checkpoint.best_model_path or checkpoint.last_model_path
+        ctx.runner.remember_module(ctx.name, module)
+        if best:
+            load_weights(module, best)
+            module._histo_loaded_best = True
+        return {
+            "best_checkpoint": self.relative(best),
+            "last_checkpoint": self.relative(checkpoint.last_model_path),
+            "monitor": monitor if has_val else None,
+            "has_validation": has_val,
+            "resumed_from": resumed_from,
+            "epochs": trainer.current_epoch,
+            "global_step": trainer.global_step,
+            "metrics": ctx.prefixed(metrics),
+        }
+
+
+class TestStage(Stage):
+    kind = "test"
+
+    def module_to_test(self) -> tuple[pl.LightningModule, str]:
+        source = self.cfg.get("from")
+        ckpt_path = self.cfg.get("ckpt_path")
+        if source and source in self.ctx.runner.results:
+            result = self.ctx.result(source)
+            best = result.info.get("best_checkpoint")
+            return self.ctx.module(source), str(result.dir / best) if best else f"stage {source}"
+        if source and ckpt_path:
+            load_checkpoint(ckpt_path)
+            module = build_stage_module(self.ctx.runner, source)
+            load_weights(module, ckpt_path)
+            return module, str(ckpt_path)
+        if source:
+            raise ConfigError(
+                f"stage {self.ctx.name} tests the model of stage {source!r}, which did not run "
+                "(train=false needs ckpt_path=<checkpoint to evaluate>)"
+            )
+        return self.source_module(), "built from config"
+
+    def run(self) -> dict[str, Any]:
+        ctx = self.ctx
+        module, tested = self.module_to_test()
+        self.run_setup()
+        trainer = ctx.trainer([*ctx.generic_callbacks("test"), *ctx.stage_callbacks()], module)
+        log.info(f"Stage {ctx.name}: testing ({tested})")
+        trainer.test(module, datamodule=ctx.datamodule)
+        from histo_lightning.train import scalars
+
+        return {
+            "tested_checkpoint": tested,
+            "metrics": ctx.prefixed(scalars(trainer.callback_metrics)),
+        }
+
+
+def _collate(dataset: Any) -> Any:
+    return getattr(dataset, "collate_fn", None) or default_collate
+
+
+def describe_transform(dataset: Any) -> Any:
+    """A JSON-able description of a dataset's transform (albumentations' own serialisation when it has one)."""
+    transform = getattr(dataset, "transform", None)
+    if transform is None:
+        return None
+    try:
+        import albumentations as A
+
+        return A.to_dict(transform)
+    except Exception:  # not an albumentations pipeline, or one that cannot be serialised
+        return repr(transform)
+
+
+class PredictStage(Stage):
+    kind = "predict"
+
+    def producer(self, module: pl.LightningModule) -> dict[str, Any]:
+        """What produces the rows: the module's own fingerprint, or the fit stage it comes from."""
+        if callable(getattr(module, "fingerprint", None)):
+            return module.fingerprint()
+        source = self.cfg.get("from")
+        if source:
+            result = self.ctx.result(source)
+            return {"stage": source, "fit": f"{result.fingerprint}:{result.info.get('token')}"}
+        raise ConfigError(
+            f"pipeline.stages.{self.ctx.name}: the module has no fingerprint() and no from: stage, so "
+            "its cached outputs could not be told apart from another producer's"
+        )
+
+    def probe_shape(self, module: pl.LightningModule, dataset: Any, key: str) -> tuple[int, ...]:
+        batch = _collate(dataset)([dataset[0]])
+        was_training = module.training
+        module.eval()
+        with torch.no_grad():
+            out = module.predict_step(batch, 0)
+        module.train(was_training)
+        if not isinstance(out, dict) or key not in out or "index" not in out:
+            raise ConfigError(
+                f"pipeline.stages.{self.ctx.name}: {type(module).__name__}.predict_step must return a dict "
+                f"with 'index' and {key!r} (output.key)"
+            )
+        return tuple(int(s) for s in out[key].shape[1:])
+
+    def open_cache(self, module: pl.LightningModule, dataset: Any, manifest: Any) -> FeatureCache:
+        ctx, output = self.ctx, self.cfg.get("output") or {}
+        subset = self.cfg.get("subset", "train")
+        key = output.get("key", "features")
+        made_by = {
+            "producer": self.producer(module),
+            "data": {
+                "dataset": ctx.datamodule.name,
+                "subset": subset,
+                "samples": manifest_digest(manifest),
+                "transform": describe_transform(dataset),
+            },
+            "output_key": key,
+            "code_version": FEATURE_CODE_VERSION,
+        }
+        if output.get("path"):
+            folder = Path(output.path)
+        elif output.get("shared", False):
+            label = f"{ctx.datamodule.name}-{subset}-{type(module).__name__}"
+            folder = default_cache_dir(Path(ctx.cfg.paths.cache_dir) / "features", label, made_by)
+        else:
+            folder = ctx.dir / "features"
+        shape = self.probe_shape(module, dataset, key)
+        return FeatureCache.open(folder, made_by, manifest, shape, output.get("dtype", "float16"))
+
+    def run(self) -> dict[str, Any]:
+        ctx = self.ctx
+        module = self.source_module()
+        self.run_setup()
+        subset = self.cfg.get("subset", "train")
+        dataset = ctx.datamodule.predict_dataset(subset)
+        manifest = ctx.datamodule.sample_manifest(subset)
+        if len(manifest) != len(dataset):
+            raise RuntimeError(
+                f"{type(ctx.datamodule).__name__}: sample_manifest({subset!r}) has {len(manifest)} rows "
+                f"for {len(dataset)} samples"
+            )
+        cache = self.open_cache(module, dataset, manifest)
+        output = self.cfg.get("output") or {}
+        writer = FeatureCacheWriter(
+            cache, output.get("key", "features"), output.get("flush_every", 1024)
+        )
+        consumers = ctx.stage_callbacks()
+        missing = cache.missing()
+        if len(missing):
+            log.info(
+                f"Stage {ctx.name}: {cache.n - len(missing)} of {cache.n} rows cached in {cache.folder}; "
+                f"computing {len(missing)}"
+            )
+            loader = DataLoader(
+                Subset(dataset, missing.tolist()),
+                batch_size=int(
+                    self.cfg.get("batch_size") or ctx.cfg.dataset.get("eval_batch_size", 64)
+                ),
+                num_workers=int(self.cfg.get("num_workers", ctx.cfg.dataset.get("num_workers", 0))),
+                shuffle=False,
+                collate_fn=_collate(dataset),
+            )
+            trainer = ctx.trainer([writer, *ctx.generic_callbacks("predict"), *consumers], module)
+            trainer.predict(module, dataloaders=loader, return_predictions=False)
+            still_missing = len(cache.missing())
+            if still_missing:
+                # only with trainer.limit_predict_batches (debug runs): consumers see the rows computed
+                log.warning(
+                    f"Stage {ctx.name}: {still_missing} of {cache.n} rows not computed "
+                    "(trainer.limit_predict_batches); later stages see the computed rows only"
+                )
+        else:
+            log.info(
+                f"Stage {ctx.name}: all {cache.n} rows cached in {cache.folder}; nothing to compute"
+            )
+        info: dict[str, Any] = {
+            "metrics": {},
+            "outputs": {"cache": self.relative(cache.folder)},
+            "rows": cache.n,
+            "computed": len(missing),
+        }
+        for consumer in consumers:
+            ready = getattr(consumer, "on_features_ready", None)
+            if callable(ready):
+                extra = ready(cache, ctx) or {}
+                info["metrics"].update(ctx.prefixed(extra.get("metrics", {})))
+                info["outputs"].update(extra.get("outputs", {}))
+        ctx.log_metrics(info["metrics"])
+        return info
+
+    @staticmethod
+    def cache_of(result: StageResult) -> FeatureCache:
+        """The finished cache of a predict stage (for later stages)."""
+        return FeatureCache.reopen(result.path("cache"))
+
+
+class FunctionStage(Stage):
+    kind = "function"
+
+    def run(self) -> dict[str, Any]:
+        ctx = self.ctx
+        if not ctx.is_global_zero and not self.cfg.get("all_ranks", False):
+            return {}
+        self.run_setup()
+        spec = {"fn": self.cfg.get("fn"), **(self.cfg.get("kwargs") or {})}
+        returned = ctx.call(spec) or {}
+        if not isinstance(returned, dict):
+            raise TypeError(f"{spec['fn']} must return a dict (metrics, outputs) or None")
+        metrics = ctx.prefixed(returned.pop("metrics", {}) or {})
+        ctx.log_metrics(metrics)
+        return {"metrics": metrics, "outputs": returned.pop("outputs", {}) or {}, **returned}
+
+
+STAGE_KINDS: dict[str, type[Stage]] = {
+    cls.kind: cls for cls in (FitStage, TestStage, PredictStage, FunctionStage)
+}
+
+__all__ = ["STAGE_KINDS", "FitStage", "FunctionStage", "PredictStage", "Stage", "TestStage"]

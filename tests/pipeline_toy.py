@@ -1,0 +1,179 @@
+"""A tiny data module, model, function and crash switch for the stage-runner tests (seconds, no images).
+
+Importable as ``tests.pipeline_toy`` from the repository root, so configs can name these targets.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from histo_lightning.data.feature_cache import FeatureCache
+from histo_lightning.utils.io import write_text_atomic
+
+
+class ToySamples(Dataset):
+    def __init__(self, x: np.ndarray, y: np.ndarray) -> None:
+        self.x, self.y = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {"x": self.x[i], "label": self.y[i], "index": i}
+
+
+class ToyDataModule(pl.LightningDataModule):
+    """Two Gaussian classes in 8 dimensions; ``n`` samples split 50/25/25 (or no validation)."""
+
+    def __init__(self, n: int = 96, seed: int = 0, val: bool = True, batch_size: int = 8) -> None:
+        super().__init__()
+        rng = np.random.default_rng(seed)
+        self.y = rng.integers(0, 2, n)
+        self.x = rng.normal(size=(n, 8)) + self.y[:, None] * 1.5
+        self.val = val
+        self.batch_size = batch_size
+        self.seed = seed
+        self.skipped: list = []
+        idx = np.arange(n)
+        self.subsets = {
+            "train": idx[: n // 2],
+            "val": idx[n // 2 : 3 * n // 4] if val else idx[:0],
+            "test": idx[3 * n // 4 :],
+        }
+
+    name = "toy"
+    is_synthetic = True
+
+    def describe(self) -> dict[str, Any]:
+        return {"dataset": self.name, "n": {k: len(v) for k, v in self.subsets.items()}}
+
+    def fingerprint(self) -> str:
+        return f"toy-{len(self.y)}-{self.seed}-{self.val}"
+
+    def has_validation(self) -> bool:
+        return len(self.subsets["val"]) > 0
+
+    def _dataset(self, subset: str) -> ToySamples:
+        rows = self.subsets[subset]
+        return ToySamples(self.x[rows], self.y[rows])
+
+    def predict_dataset(self, subset: str) -> ToySamples:
+        return self._dataset(subset)
+
+    def sample_manifest(self, subset: str) -> pd.DataFrame:
+        rows = self.subsets[subset]
+        return pd.DataFrame(
+            {
+                "index": np.arange(len(rows)),
+                "origin": [f"sample{r}" for r in rows],
+                "patient": rows,
+                "label": self.y[rows],
+            }
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self._dataset("train"), batch_size=self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        if not self.has_validation():
+            return []
+        return DataLoader(self._dataset("val"), batch_size=self.batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return DataLoader(self._dataset("test"), batch_size=self.batch_size)
+
+
+class ToyClassifier(pl.LightningModule):
+    """A 2-layer MLP; ``predict_step`` returns its hidden features."""
+
+    def __init__(self, lr: float = 0.05, hidden: int = 4, monitor: str = "val/acc") -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.body = nn.Sequential(nn.Linear(8, hidden), nn.Tanh())
+        self.head = nn.Linear(hidden, 2)
+        self.best = -1.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = nn.functional.cross_entropy(self(batch["x"]), batch["label"])
+        self.log("train/loss", loss, on_step=False, on_epoch=True)
+        self.log("train/acc", (self(batch["x"]).argmax(1) == batch["label"]).float().mean())
+        return loss
+
+    def _acc(self, batch: dict) -> torch.Tensor:
+        return (self(batch["x"]).argmax(1) == batch["label"]).float().mean()
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self.log("val/acc", self._acc(batch))
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return
+        self.best = max(self.best, float(self.trainer.callback_metrics["val/acc"]))
+        self.log("val/acc_best", self.best)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self.log("test/acc", self._acc(batch))
+
+    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
+        crash_point("predict", batch_idx)
+        return {"index": batch["index"], "features": self.body(batch["x"])}
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        crash_point("fit", self.trainer.global_step)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+
+
+class SimulatedCrash(RuntimeError):
+    """Raised by :func:`crash_point` where ``TOY_CRASH=<where>:<count>`` says."""
+
+
+def crash_point(where: str, count: int) -> None:
+    """Crash once when ``TOY_CRASH`` is ``<where>:<count>`` (the tests set and clear it)."""
+    if os.environ.get("TOY_CRASH") == f"{where}:{count}":
+        raise SimulatedCrash(f"simulated crash in {where} at {count}")
+
+
+def mean_feature_norm(ctx: Any, scale: float = 1.0) -> dict[str, Any]:
+    """A function stage: reads the predict stage's cache and reports its mean feature norm."""
+    cache = FeatureCache.reopen(ctx.result("embed").path("cache"))
+    features = np.asarray(cache.features(), dtype=np.float64)
+    norm = float(np.linalg.norm(features, axis=1).mean()) * scale
+    write_text_atomic(ctx.dir / "norm.txt", f"{norm}\n")
+    return {"metrics": {"mean_norm": norm}, "outputs": {"norm_file": "norm.txt"}}
+
+
+TOY_PIPELINE = {
+    "name": "toy",
+    "stages": {
+        "fit": {
+            "kind": "fit",
+            "module": {"_target_": "tests.pipeline_toy.ToyClassifier", "lr": 0.05},
+            "max_epochs": 3,
+        },
+        "embed": {
+            "kind": "predict",
+            "from": "fit",
+            "subset": "test",
+            "batch_size": 4,
+            "output": {"flush_every": 4, "dtype": "float32"},
+        },
+        "report": {
+            "kind": "function",
+            "fn": "tests.pipeline_toy.mean_feature_norm",
+            "kwargs": {"scale": 1.0},
+        },
+    },
+}
