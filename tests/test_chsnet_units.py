@@ -13,14 +13,13 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from histo_lightning.callbacks.mining import HardExampleMining, load_mining
-from histo_lightning.data.mitosis_patches import (
+from histo_lightning.data.patching import extract_patch, ioa
+from histo_lightning.data.samplers import RatioSampler, allocate
+from histo_lightning.data.tupac16 import (
     PatchSampling,
     build_patch_index,
-    extract_patch,
-    ioa,
     negative_windows,
 )
-from histo_lightning.data.samplers import RatioSampler, allocate
 from histo_lightning.losses import FocalLoss, SemiFocalLoss
 from histo_lightning.metrics.detection import DetectionF1, match_detections
 from histo_lightning.models.cascade import CascadeDetector, nms_points, window_views

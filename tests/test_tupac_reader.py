@@ -13,7 +13,7 @@ import torch
 
 from histo_lightning.data.stain import MacenkoNormalizer
 from histo_lightning.data.synthetic.tupac16 import SyntheticTupacConfig, ensure_synthetic_tupac16
-from histo_lightning.data.tupac import (
+from histo_lightning.data.tupac16 import (
     read_ground_truth,
     scan_test_set,
     scan_tupac16,

@@ -26,8 +26,9 @@ import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
 
-from histo_lightning.callbacks.test_report import _gather, log_image
-from histo_lightning.data.tupac import write_challenge_csv, write_geojson
+from histo_lightning.callbacks.collect import TestOutputCollector
+from histo_lightning.callbacks.test_report import log_image
+from histo_lightning.data.tupac16 import write_challenge_csv, write_geojson
 from histo_lightning.metrics.detection import detection_scores, match_assignments
 from histo_lightning.models.cascade import CURVE_THRESHOLDS
 from histo_lightning.reporting.overlays import detection_overlay
@@ -38,7 +39,7 @@ from histo_lightning.utils.logging import get_logger
 log = get_logger(__name__)
 
 
-class DetectionReport(pl.Callback):
+class DetectionReport(TestOutputCollector):
     """Collects the detections of ``trainer.test`` and writes the report files (see the module docstring).
 
     Args:
@@ -64,32 +65,19 @@ class DetectionReport(pl.Callback):
         self.refined_threshold = float(refined_threshold)
         self.overlays, self.overlay_max_side = overlays, int(overlay_max_side)
         self.max_logged_overlays = int(max_logged_overlays)
-        self._items: list[dict[str, Any]] = []
+        super().__init__()
 
-    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._items = []
-
-    def on_test_batch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        self._items.append(
-            {
-                "hpf": int(outputs["hpf"]),
-                "labelled": bool(outputs["labelled"]),
-                "points": outputs["points"].numpy(),
-                "scores": outputs["scores"].numpy(),
-                "gt": outputs["gt"].numpy() if "gt" in outputs else None,
-            }
-        )
+    def record(self, outputs: Any) -> dict[str, Any]:
+        return {
+            "hpf": int(outputs["hpf"]),
+            "labelled": bool(outputs["labelled"]),
+            "points": outputs["points"].numpy(),
+            "scores": outputs["scores"].numpy(),
+            "gt": outputs["gt"].numpy() if "gt" in outputs else None,
+        }
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        items = sorted((i for part in _gather(self._items) for i in part), key=lambda i: i["hpf"])
+        items = sorted(self.gathered(), key=lambda i: i["hpf"])
         if not trainer.is_global_zero or not items:
             return
         datamodule = trainer.datamodule

@@ -27,8 +27,8 @@ import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
 
-from histo_lightning.callbacks.test_report import _gather
 from histo_lightning.metrics.detection import detection_scores
+from histo_lightning.utils.distributed import gather_objects
 from histo_lightning.utils.io import atomic_path, write_json_atomic, write_text_atomic
 from histo_lightning.utils.logging import get_logger
 
@@ -127,7 +127,7 @@ class HardExampleMining(pl.Callback):
             np.concatenate([p[i] for p in self._parts]) if self._parts else np.zeros(0)
             for i in range(3)
         )
-        shares = [s for s in _gather(local) if len(s[0])]
+        shares = [s for s in gather_objects(local) if len(s[0])]
         index = (
             np.concatenate([s[0] for s in shares]).astype(np.int64)
             if shares

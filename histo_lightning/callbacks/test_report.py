@@ -16,24 +16,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
-import torch
-import torch.distributed as dist
 from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 from sklearn.metrics import confusion_matrix
 
+from histo_lightning.callbacks.collect import TestOutputCollector
 from histo_lightning.reporting.plots import confusion_figure, roc_figure, save_figure
 from histo_lightning.utils.io import atomic_path, write_text_atomic
 from histo_lightning.utils.logging import get_logger
 
 log = get_logger(__name__)
-
-
-def _gather(obj: Any) -> list[Any]:
-    if not (dist.is_available() and dist.is_initialized()):
-        return [obj]
-    gathered: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, obj)
-    return gathered
 
 
 def log_image(trainer: pl.Trainer, key: str, path: Path) -> None:
@@ -50,44 +41,29 @@ def log_image(trainer: pl.Trainer, key: str, path: Path) -> None:
             )
 
 
-class TestReport(pl.Callback):
+class TestReport(TestOutputCollector):
     """Collects test predictions and writes the per-run report files into ``output_dir``.
 
     ``output_dir=None`` (the default config): the trainer's folder, i.e. the test stage's own folder.
     """
 
     def __init__(self, output_dir: str | None = None) -> None:
+        super().__init__()
         self.output_dir = Path(output_dir) if output_dir else None
-        self._index: list[torch.Tensor] = []
-        self._probs: list[torch.Tensor] = []
 
-    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._index, self._probs = [], []
-
-    def on_test_batch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        if isinstance(outputs, dict) and "probs" in outputs:
-            self._index.append(outputs["index"].detach().cpu())
-            self._probs.append(outputs["probs"].detach().float().cpu())
+    def record(self, outputs: Any) -> tuple[np.ndarray, np.ndarray] | None:
+        if not (isinstance(outputs, dict) and "probs" in outputs):
+            return None
+        return outputs["index"].detach().cpu().numpy(), outputs[
+            "probs"
+        ].detach().float().cpu().numpy()
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        local = (
-            (torch.cat(self._index).numpy(), torch.cat(self._probs).numpy())
-            if self._index
-            else (np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32))
-        )
-        parts = [p for p in _gather(local) if len(p[0])]
-        if not trainer.is_global_zero or not parts:
+        records = self.gathered()
+        if not trainer.is_global_zero or not records:
             return
-        index = np.concatenate([p[0] for p in parts])
-        probs = np.concatenate([p[1] for p in parts])
+        index = np.concatenate([r[0] for r in records])
+        probs = np.concatenate([r[1] for r in records])
         datamodule = trainer.datamodule
         self.write(
             datamodule.table, index, probs, datamodule.class_names, trainer, datamodule.is_synthetic

@@ -21,8 +21,8 @@ both read when present. Folds are matched to images by file name.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Sequence
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pandas as pd
@@ -45,14 +45,50 @@ SUBTYPES = {
     "MC": "mucinous_carcinoma",
     "PC": "papillary_carcinoma",
 }
+#: subtype codes of each class, in the order of ``SUBTYPES``
+CLASS_SUBTYPES = {"benign": ("A", "F", "PT", "TA"), "malignant": ("DC", "LC", "MC", "PC")}
+#: the images' folder below the dataset root, and the fold file beside ``BreaKHis_v1/``
+BREAST_DIR = "BreaKHis_v1/histology_slides/breast"
+FOLDS_FILE = "Folds.csv"
+_SUBTYPE_CODES = "|".join(SUBTYPES)
 FILENAME = re.compile(
-    r"^SOB_(?P<cls>[BM])_(?P<subtype>A|F|PT|TA|DC|LC|MC|PC)-(?P<year>\d{2})-(?P<slide>[0-9A-Z]+)"
+    rf"^SOB_(?P<cls>[BM])_(?P<subtype>{_SUBTYPE_CODES})-(?P<year>\d{{2}})-(?P<slide>[0-9A-Z]+)"
     r"-(?P<mag>40|100|200|400)-(?P<seq>\d{3})\.png$"
+)
+PATIENT_DIR = re.compile(
+    rf"^SOB_(?P<cls>[BM])_(?P<subtype>{_SUBTYPE_CODES})_(?P<year>\d{{2}})-(?P<slide>[0-9A-Z]+)$"
 )
 LAYOUT = (
     "<root>/BreaKHis_v1/histology_slides/breast/{benign,malignant}/SOB/<subtype>/<patient folder>/"
     "{40X,100X,200X,400X}/SOB_<B|M>_<subtype>-<yy>-<slideID>-<mag>-<seq>.png (optional <root>/Folds.csv)"
 )
+
+
+def patient_folder(class_code: str, subtype_code: str, year: int, slide: str) -> str:
+    """A patient's folder name, e.g. ``SOB_B_A_14-22549AB`` (the inverse of :data:`PATIENT_DIR`)."""
+    return f"SOB_{class_code}_{subtype_code}_{year:02d}-{slide}"
+
+
+def file_name(
+    class_code: str, subtype_code: str, year: int, slide: str, magnification: int, seq: int
+) -> str:
+    """An image's file name, e.g. ``SOB_B_A-14-22549AB-40-001.png`` (the inverse of :func:`parse_filename`)."""
+    return f"SOB_{class_code}_{subtype_code}-{year:02d}-{slide}-{magnification}-{seq:03d}.png"
+
+
+def image_path(
+    class_code: str, subtype_code: str, year: int, slide: str, magnification: int, seq: int
+) -> PurePosixPath:
+    """An image's path relative to the dataset root (as written in ``Folds.csv``)."""
+    return (
+        PurePosixPath(BREAST_DIR)
+        / CLASSES["BM".index(class_code)]
+        / "SOB"
+        / SUBTYPES[subtype_code]
+        / patient_folder(class_code, subtype_code, year, slide)
+        / f"{magnification}X"
+        / file_name(class_code, subtype_code, year, slide, magnification, seq)
+    )
 
 
 def parse_filename(name: str) -> dict[str, Any] | None:
@@ -77,10 +113,7 @@ def parse_filename(name: str) -> dict[str, Any] | None:
 
 def breast_dir(root: Path) -> Path | None:
     """``.../histology_slides/breast`` under ``root`` (or under ``root`` = ``BreaKHis_v1``), if present."""
-    for candidate in (
-        root / "BreaKHis_v1" / "histology_slides" / "breast",
-        root / "histology_slides" / "breast",
-    ):
+    for candidate in (root / BREAST_DIR, root / BREAST_DIR.split("/", 1)[1]):
         if candidate.is_dir():
             return candidate
     return None
@@ -166,8 +199,8 @@ def read_official_folds(root: str | Path, table: pd.DataFrame) -> tuple[pd.DataF
     root = Path(root)
     search = [root, root.parent] if root.name == "BreaKHis_v1" else [root]
     for folder in search:
-        if (folder / "Folds.csv").is_file():
-            source, frame = folder / "Folds.csv", _read_folds_csv(folder / "Folds.csv")
+        if (folder / FOLDS_FILE).is_file():
+            source, frame = folder / FOLDS_FILE, _read_folds_csv(folder / FOLDS_FILE)
             break
         dsfolds = sorted(folder.glob("dsfold*.txt"))
         if dsfolds:
@@ -201,72 +234,26 @@ class BreakHisDataModule(HistoDataModule):
     """BreakHis, magnification-independent by default (all four magnifications pooled).
 
     Args:
-        root: the folder holding ``BreaKHis_v1/`` (``dataset.root``); unused when ``synthetic`` is set.
         magnifications: which magnification folders to use (default all four).
-        synthetic: generator settings (:class:`~histo_lightning.data.synthetic.breakhis.SyntheticBreakHisConfig`
-            fields). When given, a synthetic BreakHis tree is generated once under ``synthetic_dir`` and read
-            with the same code as the real one. Only ``dataset=breakhis_synthetic`` sets this.
-        synthetic_dir: where synthetic datasets are generated (``${paths.data_dir}``).
-        **kwargs: :class:`HistoDataModule` arguments.
+        **kwargs: :class:`~histo_lightning.data.datamodule.HistoDataModule` arguments; ``root`` is the
+            folder holding ``BreaKHis_v1/``, or ``synthetic`` (only ``dataset=breakhis_synthetic`` sets it:
+            :class:`~histo_lightning.data.synthetic.breakhis.SyntheticBreakHisConfig` fields) generates a
+            synthetic BreakHis tree once under ``synthetic_dir``, read with the same code as the real one.
     """
 
-    def __init__(
-        self,
-        root: str | None = None,
-        magnifications: Sequence[int] = MAGNIFICATIONS,
-        synthetic: Mapping[str, Any] | None = None,
-        synthetic_dir: str | None = None,
-        **kwargs: Any,
-    ) -> None:
+    dataset_name = "breakhis"
+    display_name = "BreakHis"
+    root_hint = "the folder holding BreaKHis_v1/"
+    synthetic_module = "histo_lightning.data.synthetic.breakhis"
+
+    def __init__(self, magnifications: Sequence[int] = MAGNIFICATIONS, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         unknown = sorted(set(int(m) for m in magnifications) - set(MAGNIFICATIONS))
         if unknown or not magnifications:
             raise ConfigError(
                 f"dataset.magnifications={list(magnifications)}: each must be one of {list(MAGNIFICATIONS)}"
             )
-        if synthetic is not None and root is not None:
-            raise ConfigError(
-                "dataset.root is set, but dataset=breakhis_synthetic generates its own data under paths.data_dir; "
-                "use dataset=breakhis dataset.root=... for real BreakHis"
-            )
-        if synthetic is None and root is None:
-            raise ConfigError(
-                "dataset.root is not set: point it at the folder holding BreaKHis_v1/"
-            )
         self.magnifications = sorted(int(m) for m in magnifications)
-        self.synthetic = dict(synthetic) if synthetic is not None else None
-        self.synthetic_dir = Path(synthetic_dir) if synthetic_dir else None
-        self._root = Path(root) if root is not None else None
-
-    @property
-    def is_synthetic(self) -> bool:
-        return self.synthetic is not None
-
-    def _synthetic_config(self) -> Any:
-        from histo_lightning.data.synthetic.breakhis import SyntheticBreakHisConfig
-
-        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in self.synthetic.items()}
-        return SyntheticBreakHisConfig(**fields)
-
-    @property
-    def name(self) -> str:
-        if self.is_synthetic:
-            return f"breakhis_synthetic-{self._synthetic_config().fingerprint()}"
-        return "breakhis"
-
-    @property
-    def root(self) -> Path:
-        if self._root is None:
-            from histo_lightning.data.synthetic.breakhis import ensure_synthetic_breakhis
-
-            if self.synthetic_dir is None:
-                raise ConfigError(
-                    "dataset.synthetic_dir is not set (where to generate synthetic BreakHis)"
-                )
-            self._root = ensure_synthetic_breakhis(
-                self.synthetic_dir, self._synthetic_config(), workers=self.prepare_workers
-            )
-        return self._root
 
     def load_table(self) -> pd.DataFrame:
         table = scan(self.root)
@@ -279,3 +266,6 @@ class BreakHisDataModule(HistoDataModule):
 
     def official_folds(self, table: pd.DataFrame) -> tuple[pd.DataFrame, str] | None:
         return read_official_folds(self.root, table)
+
+    def sample_settings(self) -> dict[str, Any]:
+        return {**super().sample_settings(), "magnifications": self.magnifications}

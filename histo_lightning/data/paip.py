@@ -49,6 +49,16 @@ _MASK_NAME = re.compile(r"_(viable|whole)$", re.IGNORECASE)
 _PHASE_DIR = re.compile(r"^Training_phase_\d+$")
 
 
+def phase_dir(phase: int) -> str:
+    """The folder of a release phase: ``Training_phase_<k>``."""
+    return f"Training_phase_{phase}"
+
+
+def mask_name(slide_id: str, kind: str) -> str:
+    """The file name of a slide's mask: ``<slide id>_viable.tif`` or ``<slide id>_whole.tif``."""
+    return f"{slide_id}_{kind}.tif"
+
+
 def scan_paip(root: str | Path, mask_kind: str = "viable") -> pd.DataFrame:
     """Every slide under ``root`` with its masks: columns ``slide_id, path, mask, whole_mask, phase, case``.
 
@@ -68,7 +78,7 @@ def scan_paip(root: str | Path, mask_kind: str = "viable") -> pd.DataFrame:
         for path in sorted(phase.glob("*/*")):
             if path.suffix.lower() not in SLIDE_SUFFIXES or _MASK_NAME.search(path.stem):
                 continue
-            masks = {kind: path.with_name(f"{path.stem}_{kind}.tif") for kind in MASK_KINDS}
+            masks = {kind: path.with_name(mask_name(path.stem, kind)) for kind in MASK_KINDS}
             if not masks[mask_kind].is_file():
                 raise DatasetLayoutError(
                     f"slide {path} has no {masks[mask_kind].name} beside it (dataset.mask={mask_kind})"
@@ -96,28 +106,31 @@ class PaipDataModule(HistoDataModule):
     """PAIP 2019 patches, tumour vs normal (SMSE §IV-D, Tables IX–X).
 
     Args:
-        root: the folder holding ``Training_phase_*`` (``dataset.root``); unused when ``synthetic`` is set.
         mask: which mask labels patches: ``viable`` (the paper: "within the viable tumour area") or
             ``whole``.
         sampling: :class:`~histo_lightning.data.wsi.PatchSpec` fields (patch size, level, patches per slide,
             balance, label rule for border patches, tissue threshold, seed).
         verify_patches: patches of each slide read back when its index is built (−1: all), so an
             undecodable slide is found before training.
-        synthetic, synthetic_dir: as for BreakHis: a synthetic PAIP tree
-            (:class:`~histo_lightning.data.synthetic.paip.SyntheticPaipConfig` fields) generated once.
         max_open_slides: openslide handles each process keeps open.
-        **kwargs: :class:`HistoDataModule` arguments (``image_cache`` must be ``none``: patches are read
-            from the slides, never copied).
+        **kwargs: :class:`~histo_lightning.data.datamodule.HistoDataModule` arguments; ``root`` is the folder
+            holding ``Training_phase_*``, or ``synthetic`` (:class:`~histo_lightning.data.synthetic.paip.
+            SyntheticPaipConfig` fields) generates a synthetic PAIP tree once under ``synthetic_dir``.
+            ``image_cache`` must be ``none``: patches are read from the slides, never copied.
     """
+
+    dataset_name = "paip2019"
+    display_name = "PAIP 2019"
+    root_hint = "the folder holding Training_phase_1/"
+    synthetic_module = "histo_lightning.data.synthetic.paip"
+    file_noun = "slide"
+    sample_columns = ("x", "y")
 
     def __init__(
         self,
-        root: str | None = None,
         mask: str = "viable",
         sampling: Mapping[str, Any] | None = None,
         verify_patches: int = 16,
-        synthetic: Mapping[str, Any] | None = None,
-        synthetic_dir: str | None = None,
         max_open_slides: int = 64,
         **kwargs: Any,
     ) -> None:
@@ -129,52 +142,10 @@ class PaipDataModule(HistoDataModule):
         super().__init__(**kwargs)
         if mask not in MASK_KINDS:
             raise ConfigError(f"dataset.mask={mask!r}: expected one of {', '.join(MASK_KINDS)}")
-        if synthetic is not None and root is not None:
-            raise ConfigError(
-                "dataset.root is set, but dataset=paip2019_synthetic generates its own slides under "
-                "paths.data_dir; use dataset=paip2019 dataset.root=... for real PAIP 2019"
-            )
-        if synthetic is None and root is None:
-            raise ConfigError(
-                "dataset.root is not set: point it at the folder holding Training_phase_1/"
-            )
         self.mask_kind = mask
         self.spec = PatchSpec(**dict(sampling or {}))
         self.verify_patches = int(verify_patches)
-        self.synthetic = dict(synthetic) if synthetic is not None else None
-        self.synthetic_dir = Path(synthetic_dir) if synthetic_dir else None
         self.max_open_slides = int(max_open_slides)
-        self._root = Path(root) if root is not None else None
-        self._bad_slides: list[BadImage] = []
-
-    @property
-    def is_synthetic(self) -> bool:
-        return self.synthetic is not None
-
-    def _synthetic_config(self) -> Any:
-        from histo_lightning.data.synthetic.paip import SyntheticPaipConfig
-
-        return SyntheticPaipConfig(**self.synthetic)
-
-    @property
-    def name(self) -> str:
-        if self.is_synthetic:
-            return f"paip2019_synthetic-{self._synthetic_config().fingerprint()}"
-        return "paip2019"
-
-    @property
-    def root(self) -> Path:
-        if self._root is None:
-            from histo_lightning.data.synthetic.paip import ensure_synthetic_paip
-
-            if self.synthetic_dir is None:
-                raise ConfigError(
-                    "dataset.synthetic_dir is not set (where to generate synthetic PAIP)"
-                )
-            self._root = ensure_synthetic_paip(
-                self.synthetic_dir, self._synthetic_config(), workers=self.prepare_workers
-            )
-        return self._root
 
     def _index_slide(self, slide: pd.Series) -> pd.DataFrame | BadImage:
         try:
@@ -197,14 +168,7 @@ class PaipDataModule(HistoDataModule):
         # threads, not processes (openslide and OpenCV release the GIL; see the README's pitfalls)
         with ThreadPoolExecutor(max_workers=workers) as pool:
             results = list(pool.map(self._index_slide, (row for _, row in slides.iterrows())))
-        bad = [r for r in results if isinstance(r, BadImage)]
-        if bad and self.on_corrupt == "fail":
-            more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-            raise CorruptImageError(
-                f"{bad[0].reason}{more}; fix or remove the slide, or set dataset.on_corrupt=skip to leave "
-                "it out"
-            )
-        self._bad_slides = bad
+        self.apply_corrupt_policy([r for r in results if isinstance(r, BadImage)])
         parts = [r for r in results if isinstance(r, pd.DataFrame) and len(r)]
         empty = [
             s for s, r in zip(slides["path"], results) if isinstance(r, pd.DataFrame) and not len(r)
@@ -225,7 +189,7 @@ class PaipDataModule(HistoDataModule):
         return table[["path", "label", "patient", "group", "x", "y", "tumour_fraction", "tissue"]]
 
     def _open_images(self, table: pd.DataFrame) -> SlidePatchSource:
-        source = SlidePatchSource(
+        return SlidePatchSource(
             table["path"].tolist(),
             table["x"].to_numpy(),
             table["y"].to_numpy(),
@@ -233,8 +197,9 @@ class PaipDataModule(HistoDataModule):
             self.spec.patch_size,
             SlideHandles(self.max_open_slides),
         )
-        source.bad = list(self._bad_slides)
-        return source
+
+    def sample_settings(self) -> dict[str, Any]:
+        return {**super().sample_settings(), "mask": self.mask_kind, "sampling": self.spec.__dict__}
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()
@@ -249,4 +214,4 @@ class PaipDataModule(HistoDataModule):
         return info
 
 
-__all__ = ["MASK_KINDS", "PaipDataModule", "scan_paip"]
+__all__ = ["MASK_KINDS", "PaipDataModule", "mask_name", "phase_dir", "scan_paip"]

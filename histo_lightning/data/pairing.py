@@ -11,7 +11,7 @@ A draw is a ``(N, 3)`` integer array of rows ``(anchor, positive, negative)`` or
 
 Training partners are redrawn every epoch by :class:`PairingSampler`: its ``__iter__`` runs in the main
 process at the start of every epoch, seeded by ``(seed, epoch)``, and yields the rows; the DataLoader
-hands each row to :class:`PairedDataset` as the index. Nothing has to reach the DataLoader workers (a
+hands each row to :class:`~histo_lightning.data.datasets.PairedDataset` as the index. Nothing has to reach the DataLoader workers (a
 dataset attribute changed in the main process would not reach persistent workers), every rank of a DDP
 job draws the same rows (Lightning shards them with ``DistributedSamplerWrapper``, which forwards
 ``set_epoch``), and a resumed run redraws exactly the partners of the epoch it resumes at. Validation and
@@ -27,17 +27,16 @@ image of it) instead of uniformly from all other-class images.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any
 
 import numpy as np
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Sampler
 
 from histo_lightning.errors import ConfigError
 
 PAIRING_MODES = ("pair", "triplet")
 
 
-def _check_mode(mode: str) -> None:
+def check_mode(mode: str) -> None:
     if mode not in PAIRING_MODES:
         raise ConfigError(
             f"dataset.pairing={mode!r}: expected one of null, auto, {', '.join(PAIRING_MODES)}"
@@ -52,7 +51,7 @@ def class_members(labels: np.ndarray) -> dict[int, np.ndarray]:
 
 def check_pairable(labels: np.ndarray, mode: str, what: str = "the dataset") -> None:
     """Raise a :class:`ConfigError` unless every image can get a positive and a negative partner."""
-    _check_mode(mode)
+    check_mode(mode)
     members = class_members(labels)
     if len(members) < 2:
         only = next(iter(members), None)
@@ -204,50 +203,3 @@ class PairingSampler(Sampler[tuple[int, int, int]]):
             self.epoch += 1
         self._epoch_was_set = False
         return (tuple(int(v) for v in row) for row in rows)
-
-
-class PairedDataset(Dataset):
-    """An image-label dataset served as pairs or triplets.
-
-    ``dataset[i]`` must return a dict with ``"image"`` and ``"label"`` (e.g.
-    :class:`~histo_lightning.data.datasets.ImageTableDataset`). An index is either a row from
-    :class:`PairingSampler` (training) or an int ``i`` that looks up the fixed row of anchor ``i``
-    (validation/test, ``fixed`` from :func:`fixed_tuples`).
-
-    Items are the anchor's dict plus ``positive``, ``negative`` (images) and ``positive_label``,
-    ``negative_label`` for triplets, or ``partner``, ``partner_label`` and ``same`` (s) for pairs.
-    """
-
-    def __init__(self, dataset: Any, mode: str, fixed: np.ndarray | None = None) -> None:
-        _check_mode(mode)
-        if fixed is not None and len(fixed) != len(dataset):
-            raise ValueError(f"fixed holds {len(fixed)} rows for a dataset of {len(dataset)}")
-        self.dataset = dataset
-        self.mode = mode
-        self.fixed = fixed
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, key: int | Sequence[int]) -> dict[str, Any]:
-        if isinstance(key, (int, np.integer)):
-            if self.fixed is None:
-                raise TypeError(
-                    "a PairedDataset without fixed partners is indexed by (anchor, ·, ·) rows "
-                    "from a PairingSampler"
-                )
-            key = self.fixed[int(key)]
-        anchor, second, third = (int(v) for v in key)
-        item = dict(self.dataset[anchor])
-        partner = self.dataset[second]
-        if self.mode == "triplet":
-            negative = self.dataset[third]
-            item.update(
-                positive=partner["image"],
-                positive_label=partner["label"],
-                negative=negative["image"],
-                negative_label=negative["label"],
-            )
-        else:
-            item.update(partner=partner["image"], partner_label=partner["label"], same=third)
-        return item

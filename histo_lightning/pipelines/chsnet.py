@@ -42,7 +42,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 
 from histo_lightning.callbacks.detection_report import DetectionReport
 from histo_lightning.callbacks.mining import HardExampleMining, MiningResult, load_mining
-from histo_lightning.data.tupac_datamodule import Tupac16DataModule
+from histo_lightning.data.tupac16 import Tupac16DataModule
 from histo_lightning.errors import ConfigError
 from histo_lightning.models.cascade import CascadeDetector
 from histo_lightning.models.mitosis import PatchClassifier

@@ -12,7 +12,7 @@ from rich.progress import (
 )
 
 
-def progress_bar(transient: bool = False) -> Progress:
+def progress_bar(transient: bool = False, disable: bool = False) -> Progress:
     """A progress bar with count, elapsed and remaining time; use as a context manager."""
     return Progress(
         TextColumn("[bold]{task.description}"),
@@ -21,4 +21,5 @@ def progress_bar(transient: bool = False) -> Progress:
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         transient=transient,
+        disable=disable,
     )

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from histo_lightning.data.breakhis import FILENAME as FILENAME_RE
+from histo_lightning.data.breakhis import PATIENT_DIR as PATIENT_DIR_RE
 from histo_lightning.data.synthetic import breakhis as synth
 from histo_lightning.data.synthetic.breakhis import (
-    FILENAME_RE,
-    PATIENT_DIR_RE,
     SyntheticBreakHisConfig,
     build_patients,
     ensure_synthetic_breakhis,
@@ -146,7 +146,7 @@ def test_atomic_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def crash(task: object) -> None:
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(synth, "_write_image", crash)
+    monkeypatch.setattr(synth.writer, "_write_image", crash)
     with pytest.raises(RuntimeError):
         generate_breakhis(tmp_path / "crashed", small, progress=False)
     assert not (tmp_path / "crashed").exists()

@@ -8,8 +8,8 @@ import torch
 from lightning_fabric.utilities.distributed import DistributedSamplerWrapper
 from torch.utils.data import DataLoader, Dataset
 
+from histo_lightning.data.datasets import PairedDataset
 from histo_lightning.data.pairing import (
-    PairedDataset,
     PairingSampler,
     draw_tuples,
     epoch_anchors,

@@ -26,18 +26,17 @@ own stain. None of this is real data: results on it say nothing about real perfo
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any, ClassVar
 
 import cv2
 import numpy as np
 import tifffile
-from joblib import Parallel, delayed
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from histo_lightning.data.paip import mask_name, phase_dir
 from histo_lightning.data.synthetic.he_render import (
     Ellipses,
     apply_acquisition,
@@ -56,13 +55,7 @@ from histo_lightning.data.synthetic.he_render import (
     soften,
     voronoi_walls,
 )
-from histo_lightning.data.synthetic.tree import (
-    MARKER_FILE,
-    config_fingerprint,
-    ensure_tree,
-    marker_matches,
-    write_tree_atomically,
-)
+from histo_lightning.data.synthetic.tree import SyntheticConfig, SyntheticGenerator, run_tasks
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +66,7 @@ _SLIDE_TAG, _COHORT_TAG = 0x511D, 0xC0F7
 
 
 @dataclass(frozen=True)
-class SyntheticPaipConfig:
+class SyntheticPaipConfig(SyntheticConfig):
     """Parameters of a synthetic PAIP tree (all of them enter the fingerprint).
 
     Attributes:
@@ -94,6 +87,7 @@ class SyntheticPaipConfig:
     slide_format: str = "svs"
     jpeg_quality: int = 90
     seed: int = 0
+    generator_version: ClassVar[int] = GENERATOR_VERSION
 
     def __post_init__(self) -> None:
         if self.n_slides < 1:
@@ -104,12 +98,6 @@ class SyntheticPaipConfig:
             raise ValueError("slide_format must be 'svs' or 'tiff'")
         if not 0.0 <= self.phase_split <= 1.0 or not 0.2 < self.mpp < 5.0:
             raise ValueError("phase_split must be in [0, 1] and mpp in (0.2, 5)")
-
-    def to_json_dict(self) -> dict:
-        return json.loads(json.dumps(asdict(self)))
-
-    def fingerprint(self) -> str:
-        return config_fingerprint(self.to_json_dict(), GENERATOR_VERSION)
 
 
 @dataclass(frozen=True)
@@ -137,7 +125,7 @@ def build_slides(config: SyntheticPaipConfig) -> list[SlideSpec]:
         SlideSpec(
             index=i,
             slide_id=f"01_01_{100 + i:04d}",
-            phase="Training_phase_1" if i < n_first else "Training_phase_2",
+            phase=phase_dir(1 if i < n_first else 2),
             case=f"{i + 1:03d}",
             grade=float(np.clip(rng.beta(2.0, 1.6), 0.1, 1.0)),
         )
@@ -427,8 +415,7 @@ def slide_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, _SLIDE_TAG, index]))
 
 
-def _write_one(out_root: str, spec: SlideSpec, config: SyntheticPaipConfig) -> None:
-    cv2.setNumThreads(1)
+def _write_one(out_root: str, config: SyntheticPaipConfig, spec: SlideSpec) -> None:
     rgb, viable, whole = render_slide(slide_rng(config.seed, spec.index), spec, config)
     folder = Path(out_root) / spec.folder()
     folder.mkdir(parents=True, exist_ok=True)
@@ -439,64 +426,24 @@ def _write_one(out_root: str, spec: SlideSpec, config: SyntheticPaipConfig) -> N
         config.slide_format,
         config.jpeg_quality,
     )
-    write_mask(folder / f"{spec.slide_id}_viable.tif", viable)
-    write_mask(folder / f"{spec.slide_id}_whole.tif", whole)
+    write_mask(folder / mask_name(spec.slide_id, "viable"), viable)
+    write_mask(folder / mask_name(spec.slide_id, "whole"), whole)
 
 
-def generate_paip(
-    root: str | Path, config: SyntheticPaipConfig, workers: int = 1, progress: bool = True
-) -> Path:
-    """Write a synthetic PAIP tree at ``root`` atomically (temporary sibling renamed at the end)."""
-    return write_tree_atomically(Path(root), _tree_writer(config, workers, progress))
-
-
-def _tree_writer(
-    config: SyntheticPaipConfig, workers: int, progress: bool
-) -> Callable[[Path], None]:
-    """The function that writes the whole tree into a (temporary) folder."""
+def _write_tree(
+    tmp: Path, config: SyntheticPaipConfig, workers: int, progress: bool
+) -> dict[str, Any]:
+    """Render and write every slide and its masks into the (empty) folder ``tmp``; the marker's slides."""
     slides = build_slides(config)
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
+    run_tasks(
+        partial(_write_one, str(tmp), config), slides, workers, "Synthetic PAIP slides", progress
     )
-
-    def write(tmp: Path) -> None:
-        with Progress(*columns, disable=not progress) as bar:
-            job = bar.add_task("Synthetic PAIP slides", total=len(slides))
-            if workers <= 1:
-                for spec in slides:
-                    _write_one(str(tmp), spec, config)
-                    bar.advance(job)
-            else:  # loky, not a multiprocessing pool (see histo_lightning.data.synthetic.breakhis)
-                parallel = Parallel(n_jobs=workers, backend="loky", return_as="generator_unordered")
-                for _ in parallel(delayed(_write_one)(str(tmp), s, config) for s in slides):
-                    bar.advance(job)
-        marker = {
-            "synthetic": True,
-            "dataset": "paip2019",
-            "generator": __name__,
-            "generator_version": GENERATOR_VERSION,
-            "config": config.to_json_dict(),
-            "slides": [asdict(s) for s in slides],
-            "note": "Synthetic data generated by histo-lightning; not PAIP 2019. "
-            "Numbers on it say nothing about real performance.",
-        }
-        (tmp / MARKER_FILE).write_text(json.dumps(marker, indent=2) + "\n")
-
-    return write
+    return {"slides": [asdict(s) for s in slides]}
 
 
-def ensure_synthetic_paip(
-    data_dir: str | Path, config: SyntheticPaipConfig, workers: int = 1, progress: bool = True
-) -> Path:
-    """The synthetic PAIP tree for ``config`` under ``data_dir/synthetic/paip2019-<fingerprint>``,
-    generated once (under a file lock, so concurrent runs build it once)."""
-    root = Path(data_dir) / "synthetic" / f"paip2019-{config.fingerprint()}"
-    return ensure_tree(
-        root,
-        lambda r: marker_matches(r, GENERATOR_VERSION, config.to_json_dict()),
-        _tree_writer(config, workers, progress),
-        "SYNTHETIC PAIP 2019",
-    )
+#: the generator (dataset, display name, module, config, writer; see SyntheticGenerator)
+GENERATOR = SyntheticGenerator("paip2019", "PAIP 2019", __name__, SyntheticPaipConfig, _write_tree)
+#: write a synthetic PAIP tree at ``root`` atomically (temporary sibling renamed at the end)
+generate_paip = GENERATOR.generate
+#: the synthetic PAIP tree for a config under ``data_dir/synthetic/paip2019-<fingerprint>``, generated once
+ensure_synthetic_paip = GENERATOR.ensure

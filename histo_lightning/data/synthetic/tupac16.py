@@ -1,6 +1,6 @@
 """Deterministic synthetic TUPAC16 mitosis data, written in the exact TUPAC16 (auxiliary) layout.
 
-The tree written by :func:`generate_tupac16` is what :mod:`histo_lightning.data.tupac` reads::
+The tree written by :func:`generate_tupac16` is what :mod:`histo_lightning.data.tupac16` reads::
 
     <root>/mitoses_image_data/<case>/<NN>.tif        HPFs, RGB, 0.25 µm/px
     <root>/mitoses_ground_truth/<case>/<NN>.csv      "row,col" per annotated mitosis, no header
@@ -30,15 +30,13 @@ numbers on it say nothing about the method's real performance.
 from __future__ import annotations
 
 import csv
-import json
 import logging
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, ClassVar
 
 import cv2
 import numpy as np
-from joblib import Parallel, delayed
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from histo_lightning.data.synthetic.he_render import (
     Ellipses,
@@ -53,22 +51,18 @@ from histo_lightning.data.synthetic.he_render import (
     sample_stain_style,
     smooth_noise,
 )
-from histo_lightning.data.synthetic.tree import (
-    MARKER_FILE,
-    config_fingerprint,
-    ensure_tree,
-    marker_matches,
-    write_tree_atomically,
+from histo_lightning.data.synthetic.tree import SyntheticConfig, SyntheticGenerator, run_tasks
+from histo_lightning.data.tupac16 import (
+    CENTRES,
+    ground_truth_path,
+    hpf_path,
+    test_hpf_path,
 )
 
 log = logging.getLogger(__name__)
 
 GENERATOR_VERSION = 1
 PX_PER_UM = 4.0  # 0.25 µm per pixel (Leica SCN400, 40x)
-CENTRES = ((1, 23), (24, 48), (49, 73))  # TUPAC16 case numbers per pathology centre
-IMAGE_DIR = "mitoses_image_data"
-LABEL_DIR = "mitoses_ground_truth"
-TEST_DIR = "mitoses-test-image-data"
 TRUTH_FILE = "SYNTHETIC_TRUTH.csv"
 MITOSIS_KINDS = ("prophase", "metaphase", "telophase")
 LOOKALIKE_KINDS = ("apoptotic", "pyknotic", "lymphocytes", "hyperchromatic")
@@ -99,7 +93,7 @@ PRESETS: dict[str, dict] = {
 
 
 @dataclass(frozen=True)
-class SyntheticTupacConfig:
+class SyntheticTupacConfig(SyntheticConfig):
     """Parameters of a synthetic TUPAC16 tree (all of them enter the fingerprint).
 
     Attributes:
@@ -126,6 +120,7 @@ class SyntheticTupacConfig:
     empty_csv_fraction: float = 0.5
     n_test_cases: int = 2
     seed: int = 0
+    generator_version: ClassVar[int] = GENERATOR_VERSION
 
     def __post_init__(self) -> None:
         lo, hi = (int(v) for v in self.hpfs_per_case)
@@ -151,12 +146,6 @@ class SyntheticTupacConfig:
         if "hpfs_per_case" in fields:
             fields["hpfs_per_case"] = tuple(fields["hpfs_per_case"])
         return cls(**fields)
-
-    def to_json_dict(self) -> dict:
-        return json.loads(json.dumps(asdict(self)))
-
-    def fingerprint(self) -> str:
-        return config_fingerprint(self.to_json_dict(), GENERATOR_VERSION)
 
 
 # --------------------------------------------------------------------------------------------
@@ -531,9 +520,7 @@ def _write_hpf(task: _HpfTask) -> list[Figure]:
     root = Path(task.out_root)
     name = f"{task.hpf:02d}"
     image = (
-        root / TEST_DIR / task.case.name / "01.tif"
-        if task.test
-        else root / IMAGE_DIR / task.case.name / f"{name}.tif"
+        test_hpf_path(root, task.case.name) if task.test else hpf_path(root, task.case.name, name)
     )
     image.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(image), np.ascontiguousarray(rgb[..., ::-1]), _TIFF_PARAMS):
@@ -545,16 +532,10 @@ def _write_hpf(task: _HpfTask) -> list[Figure]:
     if not task.test:
         rows = [(round(f.row), round(f.col)) for f in out if f.annotated]
         if rows or rng.random() < config.empty_csv_fraction:
-            label = root / LABEL_DIR / task.case.name / f"{name}.csv"
+            label = ground_truth_path(root, task.case.name, name)
             label.parent.mkdir(parents=True, exist_ok=True)
             label.write_text("".join(f"{r},{c}\n" for r, c in rows))
     return out
-
-
-def _write_hpf_single_threaded(task: _HpfTask) -> list[Figure]:
-    """Worker entry: one OpenCV thread per worker (the workers provide the parallelism)."""
-    cv2.setNumThreads(1)
-    return _write_hpf(task)
 
 
 def _tasks(root: Path, config: SyntheticTupacConfig) -> list[_HpfTask]:
@@ -570,35 +551,12 @@ def _tasks(root: Path, config: SyntheticTupacConfig) -> list[_HpfTask]:
     return tasks
 
 
-def _render_all(tasks: list[_HpfTask], workers: int, progress: bool) -> list[list[Figure]]:
-    """Run the tasks in order, in-process or on joblib's loky workers (never a multiprocessing pool:
-    generation also runs inside Hydra launcher workers, where spawned pools loop)."""
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, disable=not progress) as bar:
-        job = bar.add_task("Synthetic TUPAC16", total=len(tasks))
-        if workers <= 1:
-            results = []
-            for task in tasks:
-                results.append(_write_hpf(task))
-                bar.advance(job)
-            return results
-        parallel = Parallel(n_jobs=workers, backend="loky", return_as="generator", batch_size=2)
-        results = []
-        for figures in parallel(delayed(_write_hpf_single_threaded)(task) for task in tasks):
-            results.append(figures)
-            bar.advance(job)
-        return results
-
-
-def _write_tree(tmp: Path, config: SyntheticTupacConfig, workers: int, progress: bool) -> None:
-    """Render every HPF into the (empty) folder ``tmp`` and write the truth table and the marker."""
+def _write_tree(
+    tmp: Path, config: SyntheticTupacConfig, workers: int, progress: bool
+) -> dict[str, Any]:
+    """Render every HPF into the (empty) folder ``tmp``, write the truth table; the marker's counts."""
     tasks = _tasks(tmp, config)
-    results = _render_all(tasks, workers, progress)
+    results = run_tasks(_write_hpf, tasks, workers, "Synthetic TUPAC16", progress, batch_size=2)
     with (tmp / TRUTH_FILE).open("w", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(["split", "case", "hpf", "row", "col", "kind", "mitosis", "annotated"])
@@ -618,46 +576,27 @@ def _write_tree(tmp: Path, config: SyntheticTupacConfig, workers: int, progress:
                 )
     n_mitoses = sum(f.is_mitosis for r in results for f in r)
     n_annotated = sum(f.annotated for r in results for f in r)
-    marker = {
-        "synthetic": True,
-        "dataset": "tupac16",
-        "generator": __name__,
-        "generator_version": GENERATOR_VERSION,
-        "config": config.to_json_dict(),
+    return {
         "n_hpfs": sum(not t.test for t in tasks),
         "n_test_hpfs": sum(t.test for t in tasks),
         "n_mitoses_rendered": n_mitoses,
         "n_mitoses_annotated": n_annotated,
         "microns_per_pixel": 1.0 / PX_PER_UM,
-        "note": "Synthetic data generated by histo-lightning; not TUPAC16. "
-        "Numbers on it say nothing about real performance.",
     }
-    (tmp / MARKER_FILE).write_text(json.dumps(marker, indent=2) + "\n")
 
 
-def generate_tupac16(
-    root: str | Path, config: SyntheticTupacConfig, workers: int = 1, progress: bool = True
-) -> Path:
-    """Write a synthetic TUPAC16 tree at ``root`` atomically (see the module docstring) and return it."""
-    return write_tree_atomically(
-        Path(root), lambda tmp: _write_tree(tmp, config, workers, progress)
-    )
-
-
-def ensure_synthetic_tupac16(
-    data_dir: str | Path, config: SyntheticTupacConfig, workers: int = 1, progress: bool = True
-) -> Path:
-    """The synthetic tree for ``config`` at ``data_dir/synthetic/tupac16-<fingerprint>``, generated once."""
-    root = Path(data_dir) / "synthetic" / f"tupac16-{config.fingerprint()}"
-    return ensure_tree(
-        root,
-        lambda r: marker_matches(r, GENERATOR_VERSION, config.to_json_dict()),
-        lambda tmp: _write_tree(tmp, config, workers, progress),
-        "SYNTHETIC TUPAC16",
-    )
+#: the generator (dataset, display name, module, config from a preset, writer; see SyntheticGenerator)
+GENERATOR = SyntheticGenerator(
+    "tupac16", "TUPAC16", __name__, SyntheticTupacConfig.from_preset, _write_tree
+)
+#: write a synthetic TUPAC16 tree at ``root`` atomically (see the module docstring) and return it
+generate_tupac16 = GENERATOR.generate
+#: the synthetic tree for a config at ``data_dir/synthetic/tupac16-<fingerprint>``, generated once
+ensure_synthetic_tupac16 = GENERATOR.ensure
 
 
 __all__ = [
+    "GENERATOR",
     "GENERATOR_VERSION",
     "PRESETS",
     "SyntheticTupacConfig",
