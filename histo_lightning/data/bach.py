@@ -29,14 +29,20 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset
 
-from histo_lightning.data.image_store import Rescale
-from histo_lightning.data.splits import SplitSpec, load_or_create_split
-from histo_lightning.data.stain import MacenkoNormalizer
+from histo_lightning.data.base import BaseDataModule, digest
+from histo_lightning.data.image_store import MemmapImageCache, Rescale
+from histo_lightning.data.splits import SplitSpec, check_fold, load_or_create_split
+from histo_lightning.data.stain import MacenkoNormalizer, build_normalizer
 from histo_lightning.errors import ConfigError, DatasetLayoutError
 from histo_lightning.utils.logging import get_logger
 
@@ -304,6 +310,33 @@ def bach_preprocess(
     return Rescale(scale, normalizer, normalizer.key())
 
 
+PREPROCESS_DEFAULTS: dict[str, Any] = {
+    "scale": 0.5,
+    "stain_normalization": "macenko",
+    "stain_target": None,
+}
+
+
+def preprocess_from_settings(settings: Mapping[str, Any] | None = None) -> Rescale:
+    """The image cache's preprocess of ``dataset.preprocess`` (``scale``, ``stain_normalization``
+    ``macenko|none``, ``stain_target`` an image path or null): :func:`bach_preprocess` with that normaliser.
+
+    The descriptor module computes the same key from the same settings, so a feature cache names the
+    preprocessing its descriptors were computed on.
+    """
+    settings = {**PREPROCESS_DEFAULTS, **dict(settings or {})}
+    unknown = sorted(set(settings) - set(PREPROCESS_DEFAULTS))
+    if unknown:
+        raise ConfigError(
+            f"dataset.preprocess: unknown key(s) {unknown}; expected {sorted(PREPROCESS_DEFAULTS)}"
+        )
+    scale = float(settings["scale"])
+    if not 0 < scale <= 1:
+        raise ConfigError(f"dataset.preprocess.scale={scale}: expected a factor in (0, 1]")
+    normalizer = build_normalizer(settings["stain_normalization"], settings["stain_target"])
+    return bach_preprocess(scale, normalizer, stain_normalization=normalizer is not None)
+
+
 # ---- folds ---------------------------------------------------------------------------------------------
 
 
@@ -433,6 +466,222 @@ def bach_split(
     return load_or_create_split(split_dir, name, patients, spec, create=create)
 
 
+# ---- the data module ----------------------------------------------------------------------------------
+
+#: subsets of :meth:`BachDataModule.predict_dataset`: the fold's, every image, or the unlabelled ones
+SUBSETS = ("train", "val", "test", "all", "labelled", "unlabelled")
+
+
+class BachImageDataset(Dataset):
+    """Whole BACH images from the image cache (halved and normalised once), one item per image.
+
+    Items: ``index`` (the row of the subset's manifest), ``image`` (``(H, W, 3)`` uint8 tensor, a copy of
+    the cache's pixels), ``key`` (the image key, e.g. ``b001``: it seeds the image's views) and
+    ``preprocess`` (the cache's preprocess key, which the descriptor module checks against its own).
+    """
+
+    def __init__(
+        self, images: MemmapImageCache, cache_rows: np.ndarray, keys: list[str], preprocess: str
+    ) -> None:
+        self.images = images
+        self.cache_rows = np.asarray(cache_rows, dtype=np.int64)
+        self.keys = list(keys)
+        self.preprocess = preprocess
+
+    def __len__(self) -> int:
+        return len(self.cache_rows)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        pixels = np.array(self.images[int(self.cache_rows[i])], copy=True)
+        return {
+            "index": i,
+            "image": torch.from_numpy(pixels),
+            "key": self.keys[i],
+            "preprocess": self.preprocess,
+        }
+
+
+class BachDataModule(BaseDataModule):
+    """BACH microscopy images for Rakhlin et al.: image cache, folds and the samples of every subset.
+
+    ``prepare_data`` reads the dataset (:func:`scan_bach`), writes or reads the split file
+    (:func:`bach_split`) and decodes every labelled and unlabelled image once into an image cache,
+    halved and Macenko-normalised (``preprocess``, §2.3). The samples are whole images:
+    ``predict_dataset("all")``/``sample_manifest("all")`` hold every labelled image (class then name
+    order) followed by the unlabelled test images, independent of the fold, so descriptors computed over
+    them serve every fold and run; :meth:`fold_rows` says which rows of ``all`` are this fold's
+    ``train``/``val``/``test`` images and which are ``unlabelled``.
+
+    Args:
+        fold, split: the test fold (1-based) and the ``split`` group (``auto``: 10-fold stratified over
+            images with ``split.n_folds=10``; ``official``: the fold file ``official_folds``).
+        preprocess: :data:`PREPROCESS_DEFAULTS` fields (half scale, bicubic, then Macenko).
+        official_folds: the fold file of ``split=official`` (the authors' ``bach_rakhlin_folds10.json``
+            or the patient-aware ``bach_patient_split.json``, in ``paths.shared_dir``/splits).
+        include_unlabelled: also cache and serve the unlabelled test images (the submission).
+        **kwargs: :class:`~histo_lightning.data.base.BaseDataModule` arguments (``root`` = the folder
+            holding ``ICIAR2018_BACH_Challenge/``, or ``synthetic`` for ``dataset=bach_synthetic``).
+    """
+
+    dataset_name = "bach"
+    display_name = "BACH"
+    root_hint = f"the folder holding {TRAIN_DIR}/ ({SYNTHETIC_HINT})"
+    synthetic_module = "histo_lightning.data.synthetic.bach"
+
+    def __init__(
+        self,
+        fold: int,
+        split: Mapping[str, Any],
+        preprocess: Mapping[str, Any] | None = None,
+        official_folds: str | None = None,
+        include_unlabelled: bool = True,
+        batch_size: int = 1,
+        num_workers: int = 2,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(fold, split, batch_size=batch_size, num_workers=num_workers, **kwargs)
+        self.preprocess_settings = {**PREPROCESS_DEFAULTS, **dict(preprocess or {})}
+        self.preprocess = preprocess_from_settings(self.preprocess_settings)
+        self.official_folds = official_folds
+        self.include_unlabelled = bool(include_unlabelled)
+        self.found: BachImages | None = None
+        self.images: MemmapImageCache | None = None
+        self.table: pd.DataFrame | None = None  # the manifest of "all"
+        self._cache_row: np.ndarray = np.zeros(0, dtype=np.int64)
+        self._subset_of_row: np.ndarray | None = None
+
+    # ---- preparation ----------------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        if self.table is not None:
+            return
+        found = scan_bach(self.root)
+        official = self.official_folds if self.split_spec.scheme == "official" else None
+        split = bach_split(found.labelled, self.split_spec, self.split_dir, official, self.name)
+        check_fold(self.fold, split, f"{self.name}/{self.split_spec.scheme}")
+        self.split = split
+        frames = [found.labelled.assign(subset="labelled")]
+        if self.include_unlabelled and len(found.test):
+            frames.append(found.test.assign(subset="unlabelled"))
+        images = pd.concat(frames, ignore_index=True)
+        paths = [Path(p) for p in images["path"]]
+        cache = MemmapImageCache.build_or_open(
+            paths,
+            found.root,
+            self.cache_dir / "images",
+            self.name,
+            self.prepare_workers,
+            preprocess=self.preprocess,
+            preprocess_key=self.preprocess.key(),
+        )
+        self.apply_corrupt_policy(cache.bad)
+        usable = ~images["path"].isin({b.path for b in cache.bad}).to_numpy()
+        self._cache_row = np.flatnonzero(usable)
+        table = images[usable].reset_index(drop=True)
+        self.table = pd.DataFrame(
+            {
+                "index": np.arange(len(table)),
+                "origin": table["origin"].to_numpy(),
+                "patient": table["patient"].to_numpy(),
+                "label": table["label"].to_numpy(),
+                "image": table["image"].to_numpy(),
+                "class_name": table["class_name"].to_numpy(),
+                "subset": table["subset"].to_numpy(),
+            }
+        )
+        self.found, self.images = found, cache
+        shapes = sorted({tuple(int(v) for v in s) for s in cache.shapes[self._cache_row]})
+        synthetic = " [SYNTHETIC DATA]" if self.is_synthetic else ""
+        log.info(
+            f"{self.name}{synthetic}: image cache {cache.folder.name} holds "
+            f"{len(self._cache_row)} images ({self.preprocess.key()}), "
+            f"size(s) {', '.join(f'{w}x{h}' for h, w in shapes)}"
+        )
+
+    def setup(self, stage: str | None = None) -> None:
+        self.prepare_data()
+        assert self.table is not None
+        members = self.fold_members()
+        subset_of_key = {key: name for name, keys in members.items() for key in keys}
+        subset = self.table["patient"].map(subset_of_key).fillna("").to_numpy(dtype=object)
+        subset[self.table["subset"].to_numpy() == "unlabelled"] = "unlabelled"
+        for name in ("train", "test"):
+            if not (subset == name).any():
+                raise ConfigError(
+                    f"fold={self.fold} of split {self.split_spec.scheme!r} has no {name} images"
+                )
+        self._subset_of_row = subset
+
+    # ---- subsets ------------------------------------------------------------------------------------------
+    def rows(self, subset: str) -> np.ndarray:
+        """Rows of the ``all`` manifest that belong to ``subset`` (see :data:`SUBSETS`)."""
+        if subset not in SUBSETS:
+            raise ConfigError(f"BACH subset {subset!r}: expected one of {', '.join(SUBSETS)}")
+        if self._subset_of_row is None:
+            self.setup()
+        assert self.table is not None and self._subset_of_row is not None
+        if subset == "all":
+            return np.arange(len(self.table))
+        if subset == "labelled":
+            return np.flatnonzero(self.table["subset"].to_numpy() == "labelled")
+        return np.flatnonzero(self._subset_of_row == subset)
+
+    def fold_rows(self) -> dict[str, np.ndarray]:
+        """This fold's ``train``, ``val``, ``test`` and the ``unlabelled`` rows of the ``all`` manifest."""
+        return {name: self.rows(name) for name in ("train", "val", "test", "unlabelled")}
+
+    def predict_dataset(self, subset: str) -> BachImageDataset:
+        """The images of ``subset``, ``"index"`` numbering them 0…N-1 (the rows of its manifest)."""
+        rows = self.rows(subset)
+        assert self.images is not None and self.table is not None
+        return BachImageDataset(
+            self.images,
+            self._cache_row[rows],
+            self.table["patient"].to_numpy()[rows].tolist(),
+            self.preprocess.key(),
+        )
+
+    def sample_manifest(self, subset: str) -> pd.DataFrame:
+        """One row per image of :meth:`predict_dataset`: ``index, origin, patient`` (the image key),
+        ``label`` (-1: unlabelled), ``image``, ``class_name``, ``subset`` (labelled/unlabelled)."""
+        rows = self.rows(subset)
+        assert self.table is not None
+        manifest = self.table.iloc[rows].reset_index(drop=True)
+        manifest["index"] = np.arange(len(manifest))
+        return manifest
+
+    def test_dataloader(self) -> DataLoader:
+        return self.loader(self.predict_dataset("test"), train=False)
+
+    def validation_loader(self) -> DataLoader:
+        return self.loader(self.predict_dataset("val"), train=False)
+
+    # ---- what the samples are ------------------------------------------------------------------------------
+    def data_key(self) -> str:
+        self.prepare_data()
+        assert self.images is not None and self.table is not None
+        return digest([self.images.folder.name, self.table["origin"].tolist()])
+
+    def sample_settings(self) -> dict[str, Any]:
+        return {
+            "preprocess": self.preprocess.key(),
+            "official_folds": self.official_folds if self.split_spec.scheme == "official" else None,
+            "include_unlabelled": self.include_unlabelled,
+        }
+
+    def describe(self) -> dict[str, Any]:
+        info = super().describe()
+        if self.found is not None:
+            found = self.found.describe()
+            found["n_unlabelled"] = found.pop("n_test")  # BACH's test set: unlabelled images
+            info.update(found, root=str(self.root))
+        info["preprocess"] = {**self.preprocess_settings, "key": self.preprocess.key()}
+        if self.images is not None:
+            info["image_cache"] = str(self.images.folder)
+        if self._subset_of_row is not None:
+            info["images_per_subset"] = {name: len(rows) for name, rows in self.fold_rows().items()}
+        return info
+
+
 __all__ = [
     "CLASS_NAMES",
     "CLASS_PREFIXES",
@@ -440,12 +689,17 @@ __all__ = [
     "LAYOUT",
     "MANIFEST_COLUMNS",
     "PHOTOS_DIR",
+    "PREPROCESS_DEFAULTS",
+    "SUBSETS",
     "TEST_DIR",
     "TRAIN_DIR",
+    "BachDataModule",
+    "BachImageDataset",
     "BachImages",
     "bach_preprocess",
     "bach_split",
     "image_key",
+    "preprocess_from_settings",
     "read_ground_truth",
     "read_official_folds",
     "resolve_root",
