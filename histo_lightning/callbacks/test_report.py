@@ -28,17 +28,20 @@ log = get_logger(__name__)
 
 
 def log_image(trainer: pl.Trainer, key: str, path: Path) -> None:
-    """Send a saved PNG to the image-capable loggers (W&B, TensorBoard)."""
-    for logger in trainer.loggers:
+    """Send a saved PNG to the trainer's image-capable loggers (W&B, TensorBoard)."""
+    log_image_to(trainer.loggers, key, path, trainer.global_step)
+
+
+def log_image_to(loggers: list, key: str, path: Path, step: int = 0) -> None:
+    """Send a saved PNG to the image-capable ones of ``loggers`` (W&B, TensorBoard), e.g. a stage's."""
+    for logger in loggers:
         if isinstance(logger, WandbLogger):
-            logger.log_image(key=key, images=[str(path)], step=trainer.global_step)
+            logger.log_image(key=key, images=[str(path)], step=step)
         elif isinstance(logger, TensorBoardLogger):
             import matplotlib.image as mpimg
 
             pixels = mpimg.imread(path)[..., :3]
-            logger.experiment.add_image(
-                key, pixels, global_step=trainer.global_step, dataformats="HWC"
-            )
+            logger.experiment.add_image(key, pixels, global_step=step, dataformats="HWC")
 
 
 class TestReport(TestOutputCollector):
