@@ -57,17 +57,11 @@ def small_bach(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_small_bach(tmp_path_factory.mktemp("small_bach"))
 
 
-#: the demo pipeline at test size: its 2 encoders with random weights, crops of 24 and 40 px
-SMALL_RAKHLIN = [
-    "experiment=rakhlin_demo",
+#: the rakhlin settings at test size: 3 augmentations x 2 crops, 2 seeds of 5 rounds, half-scale 80x60 images
+SMALL_SETTINGS = [
     "dataset=bach",
     "dataset.preprocess.scale=0.5",
     "split.n_folds=5",
-    "pipeline.encoders.mobilenet.name=mobilenetv3_small_050",
-    "pipeline.stages.mobilenet_200.module.crop_size=24",
-    "pipeline.stages.mobilenet_325.module.crop_size=40",
-    "pipeline.stages.lcnet_200.module.crop_size=24",
-    "pipeline.stages.lcnet_325.module.crop_size=40",
     "rakhlin.views.n_augmentations=3",
     "rakhlin.views.n_crops=2",
     "rakhlin.lightgbm.n_seeds=2",
@@ -77,14 +71,30 @@ SMALL_RAKHLIN = [
     "trainer=cpu",
     "logger=csv",
 ]
+#: the demo pipeline at test size: its 2 encoders with random weights, crops of 24 and 40 px
+SMALL_RAKHLIN = [
+    "experiment=rakhlin_demo",
+    *SMALL_SETTINGS,
+    "pipeline.encoders.mobilenet.name=mobilenetv3_small_050",
+    "pipeline.stages.mobilenet_200.module.crop_size=24",
+    "pipeline.stages.mobilenet_325.module.crop_size=40",
+    "pipeline.stages.lcnet_200.module.crop_size=24",
+    "pipeline.stages.lcnet_325.module.crop_size=40",
+]
 
 
 @pytest.fixture
 def rakhlin_cfg(make_cfg: Callable[..., DictConfig], small_bach: Path) -> Callable[..., DictConfig]:
-    """``rakhlin_cfg(*overrides, name="run")``: the small rakhlin pipeline on :func:`small_bach`."""
+    """``rakhlin_cfg(*overrides, name="run", experiment="rakhlin_demo")``: a rakhlin experiment at test size
+    on :func:`small_bach` (the demo's pipeline with :data:`SMALL_RAKHLIN`)."""
 
-    def make(*overrides: str, name: str = "run") -> DictConfig:
-        cfg = make_cfg([*SMALL_RAKHLIN, f"dataset.root={small_bach}", *overrides], name)
+    def make(*overrides: str, name: str = "run", experiment: str = "rakhlin_demo") -> DictConfig:
+        base = (
+            SMALL_RAKHLIN
+            if experiment == "rakhlin_demo"
+            else [f"experiment={experiment}", *SMALL_SETTINGS]
+        )
+        cfg = make_cfg([*base, f"dataset.root={small_bach}", *overrides], name)
         with open_dict(cfg):
             cfg.trainer.enable_progress_bar = False
             cfg.trainer.enable_model_summary = False

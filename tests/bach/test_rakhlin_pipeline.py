@@ -154,3 +154,58 @@ def test_the_cache_refuses_another_encoder_at_the_same_path(rakhlin_cfg, tmp_pat
         .info["made_by"]["producer"]["encoder"]["encoder"]
         .startswith("lcnet_050")
     )
+
+
+def test_descriptor_only_jobs_fill_the_caches_the_full_pipeline_reads(rakhlin_cfg) -> None:
+    """Way (b): experiment=rakhlin_descriptors encoder=<x> crop=<px> computes one model's descriptors;
+    the full pipeline's stage with the same encoder and crop then computes nothing."""
+    views = "rakhlin.views.seed=5"  # caches of their own
+    single = rakhlin_cfg(
+        "encoder=lcnet_050",
+        "encoder.weights=random",
+        "crop=24",
+        views,
+        name="descriptors_job",
+        experiment="rakhlin_descriptors",
+    )
+    metrics = run_pipeline(single)
+    assert not any(k.startswith("test/") for k in metrics)  # descriptors only, no classifier
+    assert _stage(single, "descriptors")["computed"] == 23
+    full = rakhlin_cfg("pipeline.order=[lcnet_200]", views, name="full")
+    run_pipeline(full)
+    assert _stage(full, "lcnet_200")["computed"] == 0
+    assert _stage(full, "lcnet_200")["outputs"] == _stage(single, "descriptors")["outputs"]
+
+
+@pytest.mark.slow
+def test_ddp_ranks_write_disjoint_rows_of_one_cache(small_bach: Path, tmp_path: Path) -> None:
+    """Two DDP processes (gloo, CPU) share the descriptor stage's images: each writes its own rows."""
+    from tests.bach.conftest import SMALL_RAKHLIN
+    from tests.conftest import run_cli
+
+    logs = tmp_path / "logs"
+    result = run_cli(
+        [
+            *SMALL_RAKHLIN,
+            f"dataset.root={small_bach}",
+            f"paths.data_dir={tmp_path / 'data'}",
+            f"paths.log_dir={logs}",
+            "trainer=ddp_cpu",
+            "pipeline.order=[lcnet_200]",
+            "run_id=ddp",
+        ]
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    info = json.loads((logs / "rakhlin_demo" / "runs" / "ddp" / "run_info.json").read_text())
+    stage = info["stages"]["lcnet_200"]
+    assert stage["computed"] == 23
+    cache = FeatureCache.reopen(stage["outputs"]["cache"])
+    assert cache.complete
+    by_rank: dict[str, set[int]] = {}
+    for progress in (cache.folder / "progress").glob("*.npy"):
+        rows = set(np.load(progress).tolist())
+        rank = progress.name.split("-")[0]
+        assert not rows & by_rank.get(rank, set())
+        by_rank.setdefault(rank, set()).update(rows)
+    assert set(by_rank) == {"r0", "r1"}
+    assert not by_rank["r0"] & by_rank["r1"] and by_rank["r0"] | by_rank["r1"] == set(range(23))
