@@ -42,7 +42,7 @@ def loader_images_per_second(datamodule, batches: int) -> float:
 
 def step_images_per_second(module, batch: dict, steps: int, device: torch.device) -> float:
     module.to(device).train()
-    optimizer = module.hparams.optimizer(params=module.parameters())
+    optimizer = module.optimizer_factory(params=module.parameters())
     images, labels = batch["image"].to(device), batch["label"].to(device)
 
     def step() -> None:

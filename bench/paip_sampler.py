@@ -84,7 +84,7 @@ def loader_samples_per_second(loader, batches: int) -> float:
 
 def step_samples_per_second(module, batch: dict, steps: int) -> float:
     module.train()
-    optimizer = module.hparams.optimizer(params=module.parameters())
+    optimizer = module.optimizer_factory(params=module.parameters())
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)

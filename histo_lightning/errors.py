@@ -22,3 +22,7 @@ class DatasetLayoutError(HistoError):
 
 class CorruptImageError(HistoError):
     """An image file cannot be decoded; the message names the file."""
+
+
+class NonFiniteLossError(HistoError):
+    """Training produced a NaN or infinite loss; the message names the stage, epoch and batch."""

@@ -1,16 +1,11 @@
-"""The tasks run by ``python run.py``, and the pieces they share.
+"""The entry of ``python run.py``, and the pieces every task shares.
 
-:func:`run` is ``run.py``'s entry: it calls the task named by the top-level ``task`` key (default
-:func:`train`; CHS-Net's multi-stage pipeline is :func:`histo_lightning.pipelines.chsnet.run_chsnet`),
-turns user errors into one line, removes a run directory that never started, closes W&B and returns
-``optimized_metric`` after checking it was logged.
+:func:`run` is ``run.py``'s entry: it calls the task named by the top-level ``task`` key (default: the
+stage runner, :func:`histo_lightning.pipelines.runner.run_pipeline`), reports a failing job in one line
+(and, in a sweep, lets the other jobs go on), closes W&B and returns ``optimized_metric``.
 
-:func:`train` is one job (one fold) of a single-model experiment: seed everything; build data module,
-model (net, loss, optimiser, metrics injected from config), callbacks, loggers and trainer; fit (resuming
-from ``last.ckpt`` when the run directory holds one); test with the best checkpoint; write
-``metrics.json`` and ``run_info.json``; return the logged metrics.
-
-The shared pieces (:func:`seed_run`, :func:`build_datamodule`, :func:`log_hyperparameters`,
+:func:`train` runs one job of the configured pipeline (``pipeline=fit_test`` for a single model). The
+shared pieces (:func:`seed_run`, :func:`build_datamodule`, :func:`log_hyperparameters`,
 :func:`write_run_report`, :func:`scalars`) serve every task.
 """
 
@@ -23,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import WandbLogger
 
 from histo_lightning.errors import ConfigError, HistoError
+from histo_lightning.utils.failures import log_traceback_to_files, one_line, write_failure
 from histo_lightning.utils.instantiate import build
 from histo_lightning.utils.io import write_json_atomic, write_text_atomic
 from histo_lightning.utils.logging import get_logger
@@ -163,13 +160,49 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return run_pipeline(cfg)
 
 
-def _remove_unstarted_run_dir(output_dir: Path) -> None:
-    """Delete a run directory that holds nothing but Hydra's config and logs (the run never started)."""
-    if not output_dir.is_dir() or HydraConfig.get().mode != RunMode.RUN:
-        return
-    leftovers = [p for p in output_dir.iterdir() if p.name != ".hydra" and p.suffix != ".log"]
-    if not leftovers:
-        shutil.rmtree(output_dir, ignore_errors=True)
+def _run_dir_unstarted(output_dir: Path) -> bool:
+    """Whether a run directory holds nothing but Hydra's config and logs (the run never started)."""
+    return output_dir.is_dir() and not [
+        p for p in output_dir.iterdir() if p.name != ".hydra" and p.suffix != ".log"
+    ]
+
+
+def _is_rank_zero() -> bool:
+    return int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("RANK", "0")) == 0
+
+
+def _job_failed(cfg: DictConfig, err: Exception) -> None:
+    """Report a failed job (see :mod:`histo_lightning.utils.failures`); return None in a multirun.
+
+    Single run: a user error (:class:`HistoError`) is one ``error:`` line and exit code 2, with the run
+    folder removed when the run never started and marked by ``failed.json`` otherwise; any other
+    exception is marked the same way and re-raised (Hydra prints it). Multirun: ``failed.json``, one
+    ``error:`` line, and the job returns so that the other jobs go on.
+    """
+    user_error = isinstance(err, HistoError)
+    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    output_dir = Path(cfg.paths.output_dir)
+    if _is_rank_zero():
+        traceback_file = log_traceback_to_files(err)
+        if not multirun and user_error and _run_dir_unstarted(output_dir):
+            shutil.rmtree(output_dir, ignore_errors=True)
+        elif output_dir.is_dir():
+            write_failure(output_dir, err, traceback_file)
+    if not multirun:
+        if user_error and not full_error:
+            print(f"error: {err}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+        raise err
+    if full_error:
+        traceback.print_exception(type(err), err, err.__traceback__)
+    print(
+        f"error: {one_line(err, with_type=not user_error)} "
+        f"(sweep job {output_dir.name} failed, the others go on)",
+        file=sys.stderr,
+        flush=True,
+    )
+    return None
 
 
 def resolve_task(name: str | None) -> Callable[..., Any]:
@@ -187,22 +220,27 @@ def resolve_task(name: str | None) -> Callable[..., Any]:
 
 
 def run(cfg: DictConfig) -> float | None:
-    """``run.py``'s entry: the configured task, one-line errors, loggers closed, the optimised metric."""
+    """``run.py``'s entry: the configured task, one-line errors, loggers closed, the optimised metric.
+
+    A failing job is reported by :func:`_job_failed`: in a multirun it returns None (Optuna records a
+    failed trial) and the sweep goes on; the sweep then ends non-zero
+    (:class:`~histo_lightning.utils.failures.SweepFailuresCallback`).
+    """
     try:
         metrics = resolve_task(cfg.get("task"))(cfg)
-    except HistoError as err:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        if int(os.environ.get("LOCAL_RANK", "0")) == 0:
-            _remove_unstarted_run_dir(Path(cfg.paths.output_dir))
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
+        return optimized_value(cfg, metrics)
+    except Exception as err:
+        return _job_failed(cfg, err)
     finally:
         if "wandb" in sys.modules:
             import wandb
 
             if wandb.run is not None:
                 wandb.finish()
+
+
+def optimized_value(cfg: DictConfig, metrics: dict[str, float]) -> float | None:
+    """The value of ``optimized_metric`` (checked to have been logged), or None when not training."""
     name = cfg.get("optimized_metric")
     if not name or not cfg.get("train"):
         return None

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import pytorch_lightning as pl
+import torch
 
 from histo_lightning.callbacks.mining import HardExampleMining
 from histo_lightning.errors import ConfigError, DatasetLayoutError
@@ -58,6 +59,9 @@ def test_pipeline_runs_every_stage_writes_reports_and_resumes(make_cfg) -> None:
     for stage in ("stage1_screening", "stage2_refined", "detection"):
         assert (run_dir / stage / "done.json").is_file()
     assert (run_dir / "stage1_screening" / "checkpoints" / "last.ckpt").is_file()
+    for checkpoint in run_dir.glob("stage*/checkpoints/*.ckpt"):  # nothing in it needs pickle
+        best = torch.load(checkpoint, weights_only=True)["monitor_best"]
+        assert best["monitor"] in ("screening/val/ap", "refined/val/ap")
     mining = json.loads((run_dir / "stage1_screening" / "mining" / "report.json").read_text())
     assert {"fp", "tp", "fn", "recall_pos", "recall_neg", "precision", "f1"} <= set(mining)
     assert mining["synthetic_data"] is True

@@ -22,7 +22,7 @@ from histo_lightning.data.tupac16 import (
 )
 from histo_lightning.losses import FocalLoss, SemiFocalLoss
 from histo_lightning.metrics.detection import DetectionF1, match_detections
-from histo_lightning.models.cascade import CascadeDetector, nms_points, window_views
+from histo_lightning.models.cascade import CascadeDetector, nms_points, window_grid, window_views
 from histo_lightning.models.mitosis import piecewise_constant
 from histo_lightning.nets.chsnet import CHSNet, two_views
 
@@ -156,6 +156,15 @@ def test_amida13_rule_counts_detections_in_one_circle_once() -> None:
     gt = np.array([[0.0, 0.0], [50.0, 50.0]])
     assert match_detections(pred, gt, 30.0, "one_to_one") == (1, 2, 1)
     assert match_detections(pred, gt, 30.0, "amida13") == (1, 1, 1)
+    # one detection between two close mitoses finds the nearer one only (TP + FN = ground truths)
+    between = np.array([[0.0, 22.0]])
+    pair = np.array([[0.0, 0.0], [0.0, 40.0]])
+    assert match_detections(between, pair, 30.0, "amida13") == (1, 0, 1)
+    # several detections in each of two circles: two TPs, no FP; the boundary (30 px) is inside
+    many = np.array([[0.0, -3.0], [0.0, 3.0], [0.0, 30.0], [0.0, 37.0], [0.0, 43.0], [0.0, 70.0]])
+    assert match_detections(many, pair, 30.0, "amida13") == (2, 0, 0)
+    assert match_detections(many, pair, 30.0, "one_to_one") == (2, 4, 0)
+    assert match_detections(np.array([[0.0, 70.5]]), pair, 30.0, "amida13") == (0, 1, 2)
 
 
 def test_detection_f1_pools_counts_over_images() -> None:
@@ -188,21 +197,65 @@ def test_window_views_map_back_to_hpf_coordinates() -> None:
     hpf = rng.integers(0, 256, size=(320, 384, 3), dtype=np.uint8)
     image = torch.from_numpy(hpf).permute(2, 0, 1)
     views = window_views(image, stride=32)
-    assert views.grid == ((320 - 128) // 32 + 1, (384 - 128) // 32 + 1)
-    flat = torch.tensor([0, 5, len(views) - 1, 13])
+    # centres cover the whole HPF: 11 rows from -1 to 319, 13 columns from -1 to 383
+    assert views.grid == (11, 13) and views.first == (-1, -1)
+    nx = views.grid[1]
+    corners = [0, nx - 1, len(views) - nx, len(views) - 1]  # the four corner windows
+    flat = torch.tensor([*corners, 5, 13, 2 * nx, 3 * nx - 1, 6 * nx + 6])
     context, centre = views.batch(flat)
-    centres = views.centres(flat)
-    for k, (row, col) in enumerate(centres.tolist()):
+    for k, f in enumerate(flat.tolist()):
+        # the window equals the training patch cut at its (unclamped) centre, mirrored at the borders
+        row, col = -1 + 32 * (f // nx), -1 + 32 * (f % nx)
         patch = torch.from_numpy(extract_patch(hpf, row, col)).permute(2, 0, 1)[None]
         want_context, want_centre = two_views(patch)
         torch.testing.assert_close(context[k : k + 1], want_context)
         torch.testing.assert_close(centre[k : k + 1], want_centre)
-    # window (i, j) has its origin at (i, j) * stride and its centre 64 px further
-    nx = views.grid[1]
-    assert centres[1].tolist() == [64.0, 64.0 + 5 * 32]
-    assert centres[3].tolist() == [64.0 + 32 * (13 // nx), 64.0 + 32 * (13 % nx)]
+    # reported centres are clamped into the HPF
+    assert views.centres(torch.tensor(corners)).tolist() == [
+        [0.0, 0.0],
+        [0.0, 383.0],
+        [319.0, 0.0],
+        [319.0, 383.0],
+    ]
+    assert views.centres(torch.tensor([6 * nx + 6])).tolist() == [[191.0, 191.0]]
     with pytest.raises(ValueError, match="even"):
         window_views(image, stride=31)
+
+
+@pytest.mark.parametrize("stride", [2, 8, 16, 32, 64])
+def test_window_grid_covers_every_pixel(stride: int) -> None:
+    for size in [128, 129, 200, 255, 256, 511, 512, 513, 1000, 1999, 2000, 2015, 2048]:
+        n, first, before, after = window_grid(size, stride)
+        last = first + (n - 1) * stride
+        assert -stride // 2 <= first <= 0 and size - 1 <= last <= size - 1 + stride // 2
+        centres = first + stride * np.arange(n)
+        nearest = np.abs(np.arange(size)[:, None] - centres[None]).min(axis=1)
+        assert nearest.max() <= stride // 2
+        # the padded HPF holds every window exactly; reflection needs pads smaller than the HPF
+        assert before + size + after == (n - 1) * stride + 128
+        assert 0 <= before < size and 0 <= after < size
+
+
+def test_mitoses_at_every_edge_and_corner_are_detected() -> None:
+    class Dark(torch.nn.Module):
+        """p(mitosis) > 0.85 when 5 % of the central 32 x 32 pixels are dark (the 'mitosis')."""
+
+        def forward_views(self, context: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
+            core = centre[:, :, 16:48, 16:48].float()
+            dark = (core < -0.5).float().mean(dim=(1, 2, 3))
+            return torch.stack([torch.zeros_like(dark), 100 * dark - 3], dim=1)
+
+    height, width = 400, 460
+    spots = [(2, 2), (2, 230), (2, 457), (200, 2), (200, 457), (397, 2), (397, 230), (397, 457)]
+    hpf = torch.full((3, height, width), 220, dtype=torch.uint8)
+    for row, col in spots:
+        hpf[:, max(row - 6, 0) : row + 7, max(col - 6, 0) : col + 7] = 10
+    detector = CascadeDetector(Dark(), Dark(), stride=32, match_rule="amida13")
+    points, _ = detector.detect(hpf)
+    gt = torch.tensor(spots, dtype=torch.float32)
+    assert match_detections(points, gt, 30.0, "amida13") == (len(spots), 0, 0)
+    assert points[:, 0].min() >= 0 and points[:, 0].max() <= height - 1
+    assert points[:, 1].min() >= 0 and points[:, 1].max() <= width - 1
 
 
 def test_cascade_refines_only_what_screening_passed() -> None:
@@ -224,12 +277,13 @@ def test_cascade_refines_only_what_screening_passed() -> None:
     screening, refined = Marked(), Marked()
     detector = CascadeDetector(refined, screening, stride=32, nms_box=64, nms_iou=0.1)
     points, scores = detector.detect(hpf)
-    assert screening.seen == len(window_views(hpf, 32)) == 81
-    # only the 3 x 3 windows whose centre view (origin + 32 ... + 96) holds part of the spot
+    assert screening.seen == len(window_views(hpf, 32)) == 13 * 13
+    # only the 3 x 3 windows whose centre view (centre - 32 ... centre + 31) holds part of the spot
     assert refined.seen == 9
     assert len(points) >= 1 and torch.all(scores > 0.85)
-    # the best window (its centre view holds the whole spot) is at (192, 192); NMS removed its neighbours
-    assert points.tolist() == [[192.0, 192.0]]
+    # the best window (its centre view holds the whole spot) is at (191, 191) (centres -1 + 32 k
+    # cover the 384 px symmetrically); NMS removed its neighbours
+    assert points.tolist() == [[191.0, 191.0]]
 
 
 def test_chsnet_forward_shapes_and_views() -> None:

@@ -118,6 +118,8 @@ def test_fit_without_validation_set(make_cfg) -> None:
     assert "test/acc" in json.loads((out / "metrics.json").read_text())
     info = json.loads((out / "run_info.json").read_text())
     assert info["data"]["n_images"]["val"] == 0
+    assert info["data"]["n_patients"]["val"] == 0 and info["data"]["n_patients"]["train"] > 0
+    assert len(info["data"]["fingerprint"]) == 16
 
 
 @pytest.mark.parametrize("subset", ["train", "val", "test"])

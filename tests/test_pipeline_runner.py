@@ -155,3 +155,51 @@ def test_unknown_stage_kind_is_named(toy_cfg) -> None:
     pipeline["stages"]["report"]["kind"] = "magic"
     with pytest.raises(ConfigError, match=r"pipeline.stages.report.kind='magic'"):
         run_pipeline(toy_cfg(pipeline=pipeline))
+
+
+def _toy_config_dir(root: Path) -> Path:
+    """A config search path adding dataset=toy, pipeline=toy and experiment=toy to the real config tree."""
+    import yaml
+
+    (root / "dataset").mkdir(parents=True)
+    (root / "pipeline").mkdir()
+    (root / "experiment").mkdir()
+    (root / "dataset" / "toy.yaml").write_text("_target_: tests.pipeline_toy.ToyDataModule\n")
+    (root / "pipeline" / "toy.yaml").write_text(yaml.safe_dump(TOY_PIPELINE, sort_keys=False))
+    (root / "experiment" / "toy.yaml").write_text(
+        "# @package _global_\n"
+        "defaults:\n  - override /dataset: toy\n  - override /pipeline: toy\n"
+        "  - override /model: null\n  - override /callbacks: none\n"
+        "task_name: toy\noptimized_metric: fit/val/acc_best\n"
+        "trainer: {max_epochs: 3, enable_progress_bar: false, enable_model_summary: false,"
+        " num_sanity_val_steps: 0}\n"
+    )
+    return root
+
+
+def test_every_rank_runs_the_stages_under_ddp(tmp_path: Path) -> None:
+    from tests.conftest import run_cli
+
+    config_dir = _toy_config_dir(tmp_path / "conf")
+    logs = tmp_path / "logs"
+    args = [
+        f"hydra.searchpath=[file://{config_dir}]",
+        "experiment=toy",
+        "trainer=ddp_cpu",
+        f"paths.log_dir={logs}",
+        f"paths.data_dir={tmp_path / 'data'}",
+        "run_id=ddp",
+    ]
+    result = run_cli(args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = logs / "toy" / "runs" / "ddp"
+    info = json.loads((run_dir / "run_info.json").read_text())
+    assert info["stages"]["embed"]["computed"] == 24
+    cache = FeatureCache.reopen(run_dir / "02_embed" / "features")
+    assert cache.complete and len({p.name[:2] for p in (cache.folder / "progress").iterdir()}) == 2
+    assert "report/mean_norm" in info["stages"]["report"]["metrics"]
+    # both ranks skip everything on a rerun
+    again = run_cli(args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    info = json.loads((run_dir / "run_info.json").read_text())
+    assert {s["status"] for s in info["stages"].values()} == {"skipped"}

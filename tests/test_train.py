@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from omegaconf import open_dict
 
 from histo_lightning.errors import ConfigError, CorruptImageError
@@ -46,6 +47,8 @@ def test_smoke_run_writes_metrics_and_report(make_cfg) -> None:
         assert (out / "02_test" / name).stat().st_size > 0
     assert (out / "01_fit" / "checkpoints" / "last.ckpt").is_file()
     assert info["stages"]["fit"]["status"] == "ran" and info["stages"]["test"]["status"] == "ran"
+    for checkpoint in (out / "01_fit" / "checkpoints").glob("*.ckpt"):  # nothing in it needs pickle
+        assert "monitor_best" in torch.load(checkpoint, weights_only=True)
 
 
 def test_evaluate_a_checkpoint_without_training(make_cfg) -> None:
@@ -138,10 +141,12 @@ def test_missing_ckpt_path_is_named(make_cfg) -> None:
         train(make_cfg(["experiment=breakhis_baseline", *SMOKE, "ckpt_path=/nope.ckpt"]))
 
 
-def test_optimized_metric_must_be_logged(make_cfg) -> None:
+def test_optimized_metric_must_be_logged(make_cfg, capsys) -> None:
     cfg = make_cfg(["experiment=breakhis_baseline", *SMOKE, "optimized_metric=val/not_a_metric"])
-    with pytest.raises(ConfigError, match="optimized_metric=val/not_a_metric was never logged"):
+    with pytest.raises(SystemExit) as exit_info:
         run(cfg)
+    assert exit_info.value.code == 2
+    assert "error: optimized_metric=val/not_a_metric was never logged" in capsys.readouterr().err
 
 
 def test_wandb_without_account_logs_offline_into_the_run_dir(make_cfg, caplog) -> None:

@@ -54,7 +54,7 @@ class DetectionReport(TestOutputCollector):
         self,
         output_dir: str | Path,
         match_radius_px: float = 30.0,
-        match_rule: str = "one_to_one",
+        match_rule: str = "amida13",
         refined_threshold: float = 0.85,
         overlays: bool = True,
         overlay_max_side: int = 1024,

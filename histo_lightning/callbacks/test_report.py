@@ -114,11 +114,12 @@ class TestReport(TestOutputCollector):
 
         labels = list(range(len(class_names)))
         matrix = confusion_matrix(predictions["label"], predictions["pred"], labels=labels)
-        pd.DataFrame(
-            matrix,
-            index=[f"true_{c}" for c in class_names],
-            columns=[f"pred_{c}" for c in class_names],
-        ).to_csv(out / "confusion_matrix.csv")
+        with atomic_path(out / "confusion_matrix.csv") as tmp:
+            pd.DataFrame(
+                matrix,
+                index=[f"true_{c}" for c in class_names],
+                columns=[f"pred_{c}" for c in class_names],
+            ).to_csv(tmp)
         suffix = " (synthetic data)" if synthetic else ""
         figures = {
             "confusion_matrix": confusion_figure(

@@ -51,6 +51,7 @@ from histo_lightning.data.splits import (
     subsets_for_fold,
 )
 from histo_lightning.errors import ConfigError, CorruptImageError
+from histo_lightning.utils.batchnorm import lone_last_batch
 from histo_lightning.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -311,8 +312,8 @@ class BaseDataModule(pl.LightningDataModule):
     def _drop_last(self, n_samples: int, batch_size: int) -> bool:
         if self.drop_last != "auto":
             return bool(self.drop_last)
-        per_process = math.ceil(n_samples / self._world()[0])  # DistributedSampler pads to this
-        if per_process % batch_size == 1 and per_process > 1:
+        if lone_last_batch(n_samples, batch_size, self._world()[0]):
+            per_process = math.ceil(n_samples / self._world()[0])  # DistributedSampler pads to this
             log.info(
                 f"dataset.drop_last=auto: the last training batch would hold one sample "
                 f"({per_process} per process, batch size {batch_size}); dropped (BatchNorm needs two)"
@@ -395,6 +396,7 @@ class BaseDataModule(pl.LightningDataModule):
             "synthetic": self.is_synthetic,
             "fold": self.fold,
             "split": self.split_spec.__dict__,
+            "fingerprint": self.fingerprint() if self.split is not None else None,
             "skipped_images": [b.path for b in self.skipped],
         }
 

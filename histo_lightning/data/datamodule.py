@@ -335,6 +335,7 @@ class HistoDataModule(BaseDataModule):
         info = super().describe()
         info.update(
             n_images={s: len(d) for s, d in self.datasets.items()},
+            n_patients={s: len(m) for s, m in self.fold_members().items()} if self.datasets else {},
             pairing=self.active_pairing,
             pairing_balanced=self.pairing_balanced if self.active_pairing else None,
         )

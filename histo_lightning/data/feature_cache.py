@@ -8,7 +8,8 @@ One cache is one folder::
     features.npy    one memory-mapped array, N × D, or N × A × D when every sample has A views (augmentations)
     progress/       one small file per flushed chunk: the sample indices whose rows are on disk
     complete.json   written when every row is (counts, time)
-    .last_used      touched on every open (``python -m histo_lightning.caches`` lists and prunes caches)
+    .last_used      touched on every open (``python -m histo_lightning.caches list|prune`` finds caches by
+                    their ``cache.json``: kind ``features``, ``made_by``, ``created``)
 
 * **Keyed and never mixed.** Opening a folder that holds a cache made by anything else (another encoder,
   another transform, other data, another shape or dtype) raises :class:`FeatureCacheMismatch`, naming
@@ -41,6 +42,7 @@ import numpy as np
 import pandas as pd
 from filelock import FileLock
 
+from histo_lightning.caches import touch_last_used
 from histo_lightning.errors import ConfigError
 from histo_lightning.utils.fingerprint import canonical, describe_differences, digest
 from histo_lightning.utils.io import atomic_dir, atomic_path, read_json, write_json_atomic
@@ -135,7 +137,7 @@ class FeatureCache:
                         "default, keyed one), or delete this one to recompute it"
                     )
         cache = cls(folder, info)
-        (folder / ".last_used").touch()
+        touch_last_used(folder)
         return cache
 
     @classmethod
@@ -145,7 +147,7 @@ class FeatureCache:
         info = read_json(folder / "cache.json")
         if info is None:
             raise FileNotFoundError(f"{folder} holds no feature cache (no cache.json)")
-        (folder / ".last_used").touch()
+        touch_last_used(folder)
         return cls(folder, info)
 
     @staticmethod

@@ -11,7 +11,36 @@ A dataset row refers to an image by its position in an image source. Two sources
 
 Both check every image once (decode for the cache, a full decode for the file source, remembered in a
 small manifest) and report unreadable files; the data module then fails naming the file or, with
-``on_corrupt=skip``, drops them and lists them at the end of the run.
+``on_corrupt=skip``, drops them and lists them at the end of the run. Both folders are caches in the
+sense of :mod:`histo_lightning.caches` (``cache.json``, ``.last_used``).
+
+**One decoder.** Every image is decoded by Pillow, header and pixels alike (:func:`inspect_image`,
+:func:`read_rgb`): the shape that sizes the cache is the shape of the pixels that fill it (the previous
+mix of a header from Pillow and pixels from OpenCV called every image with an EXIF orientation
+corrupt). An EXIF orientation tag is applied, with a note: pixels are in display orientation, as image
+viewers, OpenCV's ``imread`` and Pillow's own TIFF reader show them, so annotation coordinates made on
+the displayed image match.
+
+**What is accepted** (the images are H&E photographs; the readers expect 8-bit RGB):
+
+=====================================  ========================================================
+stored as                              result
+=====================================  ========================================================
+8-bit RGB (any codec Pillow reads)     used as is
+8-bit palette (``P``)                  converted to RGB, with a logged note (lossless)
+8-bit RGBA, alpha opaque everywhere    alpha dropped, with a logged note (viewer exports)
+8-bit RGBA with transparent pixels     refused by name: the colour under transparency is undefined
+grayscale (``L``, ``I;16``, ``1``...)  refused by name: stain normalisation and the networks
+                                       need the colour of an H&E image
+16 bits per channel (RGB or RGBA)      refused by name: the useful range (often 12 bits in a 16-bit
+                                       container) is not recorded, so no scaling to 8 bits is safe;
+                                       convert it to 8-bit RGB yourself
+CMYK, LAB, HSV, float, other modes     refused by name (naming the mode)
+=====================================  ========================================================
+
+A refused image is reported like an unreadable one (:class:`BadImage`; ``on_corrupt=fail`` names it,
+``skip`` leaves it out). Notes about converted images are logged once, when the cache is built, and
+kept in its manifest.
 """
 
 from __future__ import annotations
@@ -27,8 +56,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 from filelock import FileLock
-from PIL import Image
+from PIL import Image, ImageOps
 
+from histo_lightning.caches import touch_last_used, write_cache_info
 from histo_lightning.errors import CorruptImageError
 from histo_lightning.utils.io import atomic_dir, write_json_atomic
 from histo_lightning.utils.logging import get_logger
@@ -41,15 +71,113 @@ log = get_logger(__name__)
 # workers and our own thread pools, so OpenCV runs single-threaded from the start, in every process.
 cv2.setNumThreads(1)
 
-CACHE_FORMAT_VERSION = 1
+# 2: Pillow decodes header and pixels (was OpenCV pixels), cache.json, converted-image notes
+CACHE_FORMAT_VERSION = 2
+
+
+EXPECTED = "expected an 8-bit RGB H&E image"
+_EXIF_ORIENTATION = 0x0112
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What an image's header says: its shape and how it will be decoded (``note``: a conversion)."""
+
+    height: int
+    width: int
+    mode: str
+    note: str | None = None
+
+
+def _is_16_bit(image: Image.Image) -> bool:
+    rawmode = image.tile[0][3] if image.tile else None
+    rawmode = rawmode[0] if isinstance(rawmode, tuple) else rawmode
+    bits = image.tag_v2.get(258) if hasattr(image, "tag_v2") else None  # TIFF BitsPerSample
+    wide = isinstance(bits, (tuple, list)) and any(int(b) > 8 for b in bits)
+    return wide or (isinstance(bits, int) and bits > 8) or ";16" in str(rawmode or "")
+
+
+def _check_mode(image: Image.Image, path: str | Path) -> str | None:
+    """The note for an accepted conversion, or raise :class:`CorruptImageError` for a refused mode."""
+    mode = image.mode
+    if mode in ("RGB", "RGBA") and _is_16_bit(image):
+        raise CorruptImageError(
+            f"{path}: 16 bits per channel ({mode}); {EXPECTED} (the useful range is not recorded, "
+            "so it is not scaled for you: convert it to 8-bit RGB)"
+        )
+    if mode in ("L", "LA", "1", "I", "I;16", "I;16B", "I;16L", "I;16N", "F") or mode.startswith(
+        "I;"
+    ):
+        raise CorruptImageError(f"{path}: grayscale (mode {mode}); {EXPECTED}")
+    if mode == "RGB":
+        note = None
+    elif mode == "RGBA":
+        note = "RGBA: opaque alpha channel dropped"
+    elif mode in ("P", "PA"):
+        note = "palette image converted to RGB"
+    else:
+        raise CorruptImageError(f"{path}: unsupported image mode {mode}; {EXPECTED}")
+    orientation = _orientation(image)
+    if orientation != 1:
+        extra = f"EXIF orientation {orientation} applied (pixels in display orientation)"
+        note = f"{note}; {extra}" if note else extra
+    return note
+
+
+def _orientation(image: Image.Image) -> int:
+    try:
+        return int(image.getexif().get(_EXIF_ORIENTATION, 1) or 1)
+    except (TypeError, ValueError):
+        return 1
+
+
+def inspect_image(path: str | Path) -> ImageInfo:
+    """The header of an image (Pillow, no pixel decoding); :class:`CorruptImageError` if unusable."""
+    try:
+        with Image.open(path) as image:
+            note = _check_mode(image, path)
+            width, height = image.size
+            if image.format != "TIFF" and _orientation(image) in (5, 6, 7, 8):
+                width, height = height, width  # Pillow's TIFF header already reports it turned
+            return ImageInfo(int(height), int(width), image.mode, note)
+    except CorruptImageError:
+        raise
+    except Exception as err:  # any failure to read the header means the file is unusable
+        raise CorruptImageError(
+            f"{path}: cannot decode this image file ({type(err).__name__}: {err})"
+        ) from None
 
 
 def read_rgb(path: str | Path) -> np.ndarray:
-    """Decode an image file to an ``(H, W, 3)`` uint8 RGB array; :class:`CorruptImageError` if unreadable."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise CorruptImageError(f"cannot decode image file {path}")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    """Decode an image file to an ``(H, W, 3)`` uint8 RGB array (Pillow; see the module docstring).
+
+    Raises:
+        CorruptImageError: the file cannot be decoded, or its mode is refused (naming the file).
+    """
+    try:
+        with Image.open(path) as image:
+            _check_mode(image, path)
+            image.load()  # Pillow's TIFF reader applies the EXIF orientation here
+            image = ImageOps.exif_transpose(image)  # other formats: here (a TIFF: no-op)
+            if image.mode == "RGB":
+                return np.asarray(image)
+            if image.mode in ("P", "PA"):
+                image = image.convert("RGBA")
+            pixels = np.asarray(image)
+    except CorruptImageError:
+        raise
+    except Exception as err:
+        raise CorruptImageError(
+            f"{path}: cannot decode this image file ({type(err).__name__}: {err})"
+        ) from None
+    if pixels.ndim == 3 and pixels.shape[2] == 4:
+        if pixels[..., 3].min() < 255:
+            raise CorruptImageError(
+                f"{path}: RGBA with transparent pixels (the colour under them is undefined); "
+                f"{EXPECTED}"
+            )
+        pixels = pixels[..., :3]
+    return np.ascontiguousarray(pixels)
 
 
 def files_key(paths: Sequence[Path], root: Path, extra: str = "") -> str:
@@ -69,13 +197,18 @@ class BadImage:
     reason: str
 
 
-def _header_shape(path: str) -> tuple[int, int] | str:
+def _reason(err: CorruptImageError, path: str | Path) -> str:
+    """The error text without its leading ``<path>: `` (a :class:`BadImage` names the path itself)."""
+    text = str(err)
+    prefix = f"{path}: "
+    return text[len(prefix) :] if text.startswith(prefix) else text
+
+
+def _header(path: str) -> ImageInfo | str:
     try:
-        with Image.open(path) as image:
-            width, height = image.size
-        return int(height), int(width)
-    except Exception as err:  # any failure to read the header means the file is unusable
-        return f"{type(err).__name__}: {err}"
+        return inspect_image(path)
+    except CorruptImageError as err:
+        return _reason(err, path)
 
 
 Preprocess = Callable[[np.ndarray], np.ndarray]
@@ -135,7 +268,7 @@ def _decode_into(
     try:
         pixels = read_rgb(path)
     except CorruptImageError as err:
-        return str(err)
+        return _reason(err, path)
     if pixels.shape != (height, width, 3):
         return f"decoded shape {pixels.shape} differs from header {(height, width, 3)}"
     if preprocess is not None:
@@ -153,14 +286,14 @@ def _check_decode(path: str) -> str | None:
     try:
         read_rgb(path)
     except CorruptImageError as err:
-        return str(err)
+        return _reason(err, path)
     return None
 
 
 def _map_with_progress(
     fn: Callable[..., str | None], jobs: list[tuple], workers: int, description: str
 ) -> list[str | None]:
-    """``fn(*job)`` for every job on ``workers`` threads (OpenCV decodes without holding the GIL).
+    """``fn(*job)`` for every job on ``workers`` threads (Pillow decodes without holding the GIL).
 
     Threads rather than processes: data preparation also runs inside launcher workers (joblib/loky,
     submitit) and DDP ranks, where starting process pools is fragile.
@@ -173,6 +306,19 @@ def _map_with_progress(
             results[futures[future]] = future.result()
             progress.advance(task)
     return results
+
+
+def log_conversions(converted: list[dict[str, str]], shown: int = 5) -> None:
+    """Log the images converted on decoding (see the module docstring), a few by name."""
+    if not converted:
+        return
+    listing = "; ".join(f"{c['path']}: {c['note']}" for c in converted[:shown])
+    more = (
+        f"; and {len(converted) - shown} more (listed in the cache manifest)"
+        if len(converted) > shown
+        else ""
+    )
+    log.warning(f"Converted {len(converted)} image(s) on decoding: {listing}{more}")
 
 
 class MemmapImageCache:
@@ -216,9 +362,10 @@ class MemmapImageCache:
         folder.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(folder) + ".lock"):
             if not (folder / "manifest.json").exists():
-                cls._build(paths, root, folder, key, workers, preprocess, preprocess_key)
+                cls._build(paths, root, folder, key, workers, preprocess, preprocess_key, name)
             else:
                 log.info(f"Image cache: reusing {folder}")
+        touch_last_used(folder)
         return cls(folder)
 
     @staticmethod
@@ -230,18 +377,22 @@ class MemmapImageCache:
         workers: int,
         preprocess: Preprocess | None = None,
         preprocess_key: str = "",
+        name: str = "",
     ) -> None:
         what = f"decoding and preprocessing ({preprocess_key})" if preprocess else "decoding"
         log.info(f"Image cache: {what} {len(paths)} images once into {folder}")
         headers = np.zeros((len(paths), 2), dtype=np.int64)
         shapes = np.zeros((len(paths), 2), dtype=np.int64)
         bad: dict[int, str] = {}
-        for i, result in enumerate(_header_shape(str(p)) for p in paths):
+        notes: dict[int, str] = {}
+        for i, result in enumerate(_header(str(p)) for p in paths):
             if isinstance(result, str):
                 bad[i] = result
             else:
-                headers[i] = result
-                shapes[i] = output_shape(preprocess, *result)
+                headers[i] = (result.height, result.width)
+                shapes[i] = output_shape(preprocess, result.height, result.width)
+                if result.note:
+                    notes[i] = result.note
         sizes = shapes[:, 0] * shapes[:, 1] * 3
         offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
         total = max(int(sizes.sum()), 1)
@@ -274,9 +425,25 @@ class MemmapImageCache:
                 "root": str(root),
                 "paths": [os.path.relpath(p, root) for p in paths],
                 "bad": [{"path": str(paths[i]), "reason": bad[i]} for i in sorted(bad)],
+                "converted": [
+                    {"path": str(paths[i]), "note": notes[i]} for i in sorted(notes) if i not in bad
+                ],
                 "total_bytes": total,
             }
             write_json_atomic(tmp / "manifest.json", manifest)
+            write_cache_info(
+                tmp,
+                "images",
+                {
+                    "dataset": name,
+                    "root": str(root),
+                    "files_key": key,
+                    "images": len(paths),
+                    "preprocess": preprocess_key or None,
+                },
+                CACHE_FORMAT_VERSION,
+            )
+        log_conversions(manifest["converted"])
 
     def _pixels(self) -> np.memmap:
         if self._flat is None:
@@ -311,9 +478,10 @@ class FileImageSource:
         cls, paths: Sequence[Path], root: Path, cache_dir: Path, name: str, workers: int = 1
     ) -> FileImageSource:
         key = files_key(paths, root, extra="check")[:20]
-        record = Path(cache_dir) / f"{name}-checked-{key}.json"
-        record.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(record) + ".lock"):
+        folder = Path(cache_dir) / f"{name}-checked-{key}"
+        record = folder / "checked.json"
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(folder) + ".lock"):
             if not record.exists():
                 log.info(f"Checking that {len(paths)} images decode (once; remembered in {record})")
                 errors = _map_with_progress(
@@ -322,8 +490,21 @@ class FileImageSource:
                 bad = [
                     {"path": str(p), "reason": e} for p, e in zip(paths, errors) if e is not None
                 ]
-                write_json_atomic(record, {"key": key, "bad": bad})
+                converted = []
+                for p, e in zip(paths, errors):
+                    info = _header(str(p)) if e is None else None
+                    if isinstance(info, ImageInfo) and info.note:
+                        converted.append({"path": str(p), "note": info.note})
+                with atomic_dir(folder) as tmp:
+                    write_json_atomic(
+                        tmp / "checked.json", {"key": key, "bad": bad, "converted": converted}
+                    )
+                    made_by = {"dataset": name, "root": str(root), "files_key": key}
+                    made_by["images"] = len(paths)
+                    write_cache_info(tmp, "image-check", made_by, CACHE_FORMAT_VERSION)
+                log_conversions(converted)
             bad_list = [BadImage(**b) for b in json.loads(record.read_text())["bad"]]
+        touch_last_used(folder)
         return cls(paths, bad_list)
 
     def __len__(self) -> int:

@@ -17,7 +17,8 @@ The machinery every slide-based experiment uses (first: SMSE on PAIP 2019, §IV-
   candidates, labelled from the mask by a configurable rule for border patches (:class:`PatchSpec`), and a
   random ``n_per_slide`` of them is kept, half of each class where the slide allows.
 * **Caching** (:func:`load_or_sample_patches`): each slide's coordinate index is written once to
-  ``<cache>/<slide>-<key>.csv`` with a ``.json`` sidecar; the key covers the slide and mask files (path,
+  ``<cache>/<slide>-<key>.csv`` with a ``.json`` sidecar (the folder is a cache of
+  :mod:`histo_lightning.caches`: ``cache.json``, ``.last_used``); the key covers the slide and mask files (path,
   size, modification time), every sampling parameter and the sampler version, so an index is never mixed
   with one made differently (a sidecar that disagrees with its key is refused).
 * **Reading** (:class:`SlidePatchSource`): patches are read on the fly in DataLoader workers, each process
@@ -45,6 +46,7 @@ import openslide
 import pandas as pd
 import tifffile
 
+from histo_lightning.caches import CACHE_INFO, touch_last_used, write_cache_info
 from histo_lightning.errors import ConfigError, CorruptImageError
 from histo_lightning.utils.io import atomic_path, write_json_atomic
 from histo_lightning.utils.logging import get_logger
@@ -467,6 +469,16 @@ def index_key(
     return digest, description
 
 
+def mark_index_cache(cache_dir: str | Path, root: str | Path) -> None:
+    """Describe the patch-index folder in ``cache.json`` once and mark it used (CONTRACTS.md C4)."""
+    folder = Path(cache_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / CACHE_INFO).is_file():
+        made_by = {"dataset": folder.name, "root": str(root), "sampler_version": SAMPLER_VERSION}
+        write_cache_info(folder, "patch_index", made_by, SAMPLER_VERSION)
+    touch_last_used(folder)
+
+
 def load_or_sample_patches(
     slide: str | Path,
     mask: str | Path | None,
@@ -477,6 +489,7 @@ def load_or_sample_patches(
 ) -> pd.DataFrame:
     """The cached patch index of ``slide`` (see module docstring), sampled and written once."""
     key, description = index_key(slide, mask, root, spec, verify)
+    mark_index_cache(cache_dir, root)
     path = Path(cache_dir) / f"{Path(slide).stem}-{key}.csv"
     sidecar = path.with_suffix(".json")
     if path.is_file() and sidecar.is_file():

@@ -10,6 +10,10 @@ with p_t the softmax probability of the ground-truth class. Unlike cross-entropy
 loss (−(1 − p_t)^γ log p_t), it is bounded by λ, so a wrongly labelled sample that the network confidently
 assigns to another class (p_t → 0) contributes a bounded loss and a vanishing gradient with respect to
 the logits (``−λγ p_t (1 − p_t)^γ``), where cross-entropy's gradient tends to −1 (Fig. 4, red circle).
+
+``(1 − p_t)^γ`` is computed as ``exp(γ · log(1 − p_t))`` from the logits
+(:func:`histo_lightning.losses.focal.log_p_t_and_complement`): with 0 < γ < 1 the plain power has an
+infinite derivative where p_t rounds to 1, and its backward pass gives NaN.
 """
 
 from __future__ import annotations
@@ -19,9 +23,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from histo_lightning.errors import ConfigError
+from histo_lightning.losses.focal import log_p_t_and_complement
 
 INVERSE_FREQUENCY = "inverse_frequency"
 
@@ -86,10 +90,8 @@ class ReinforcedFocalLoss(nn.Module):
             raise RuntimeError(
                 "ReinforcedFocalLoss(class_weights='inverse_frequency') needs set_class_counts() before use"
             )
-        log_p_t = F.log_softmax(logits.float(), dim=-1).gather(1, target.long().view(-1, 1))[:, 0]
-        # 1 − p_t computed as −expm1(log p_t): exact for p_t near 1, where 1 − exp(.) cancels
-        one_minus = (-torch.expm1(log_p_t)).clamp_min(0.0)
-        loss = self.lam * one_minus.pow(self.gamma)
+        _, log_one_minus_p_t = log_p_t_and_complement(logits, target.view(-1))
+        loss = self.lam * torch.exp(self.gamma * log_one_minus_p_t)
         if self.weight is None:
             return loss.mean()
         w = self.weight.to(loss.device)[target.long()]

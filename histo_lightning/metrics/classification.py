@@ -1,9 +1,15 @@
-"""The classification metric suite every image-classification experiment logs.
+"""The classification metric suites the supervised LightningModules log (one place for all of them).
 
-Built from config and injected into the LightningModule (``model.metrics``), one instance per stage.
-Every member is a torchmetrics ``Metric`` whose states are synchronised across processes before compute,
-so the numbers are the same on 1 GPU and under DDP (with an unrepeated sampler for val/test, see
-:class:`histo_lightning.data.datamodule.HistoDataModule`).
+Built from config (or by default) and injected into the LightningModule (``model.metrics``), one instance
+per stage (:class:`~histo_lightning.models.base.SupervisedModule`). Every suite has ``update(probs, target,
+patient=None, group=None)``, ``compute() -> {name: value}`` and ``reset()``; every member is a torchmetrics
+``Metric`` whose states are synchronised across processes before compute, so the numbers are the same on
+1 GPU and under DDP (with an unrepeated sampler for val/test, see :mod:`histo_lightning.data.base`).
+
+* :class:`ClassificationMetrics`: accuracy, per-class F1, AUROC, patient recognition rate (image
+  classification, SMSE);
+* :class:`BinaryClassificationMetrics`: average precision, AUROC and precision, recall, F1 of the positive
+  class at a threshold (CHS-Net's patch classifiers).
 """
 
 from __future__ import annotations
@@ -12,6 +18,11 @@ from collections.abc import Mapping, Sequence
 
 from torch import Tensor, nn
 from torchmetrics.classification import (
+    BinaryAUROC,
+    BinaryAveragePrecision,
+    BinaryF1Score,
+    BinaryPrecision,
+    BinaryRecall,
     MulticlassAccuracy,
     MulticlassAUROC,
     MulticlassF1Score,
@@ -88,9 +99,48 @@ class ClassificationMetrics(nn.Module):
                 metric.reset()
 
 
+class BinaryClassificationMetrics(nn.Module):
+    """AP, AUROC, and precision, recall and F1 of the positive class at ``p > threshold``.
+
+    ``update`` takes class probabilities ``(N, 2)`` (column 1: the positive class) or positive-class
+    probabilities ``(N,)``; patient and group ids are ignored. Precision, recall and F1 are 0 where
+    undefined (no predicted or no true positive), as in torchmetrics.
+    """
+
+    def __init__(self, threshold: float = 0.5) -> None:
+        super().__init__()
+        self.ap = BinaryAveragePrecision()
+        self.auroc = BinaryAUROC()
+        self.precision = BinaryPrecision(threshold=threshold)
+        self.recall = BinaryRecall(threshold=threshold)
+        self.f1 = BinaryF1Score(threshold=threshold)
+
+    def _members(self) -> dict[str, nn.Module]:
+        return {
+            "ap": self.ap,
+            "auroc": self.auroc,
+            "precision": self.precision,
+            "recall": self.recall,
+            "f1": self.f1,
+        }
+
+    def update(self, probs: Tensor, target: Tensor, *ids: Tensor | None) -> None:
+        """Update with probabilities and targets; patient/group ids (``ids``) are not used."""
+        positive = probs[:, 1] if probs.ndim == 2 else probs
+        for metric in self._members().values():
+            metric.update(positive, target)
+
+    def compute(self) -> dict[str, Tensor]:
+        return {name: metric.compute() for name, metric in self._members().items()}
+
+    def reset(self) -> None:
+        for metric in self._members().values():
+            metric.reset()
+
+
 def magnification_groups(magnifications: Sequence[int]) -> dict[int, str]:
     """``{40: "40x", ...}``: the group names used for per-magnification RR."""
     return {int(m): f"{int(m)}x" for m in magnifications}
 
 
-__all__ = ["ClassificationMetrics", "magnification_groups"]
+__all__ = ["BinaryClassificationMetrics", "ClassificationMetrics", "magnification_groups"]

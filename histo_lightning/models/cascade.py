@@ -1,12 +1,21 @@
 """CHS-Net detection on whole HPFs (§3.1.2, §4.3): sliding windows, cascade thresholds, NMS, matching.
 
 **Windows.** A 128×128 window slides over the (stain-normalised) HPF at ``stride``; every window is
-classified from its two 64×64 views (:func:`histo_lightning.nets.chsnet.two_views`). The views are
-tensor views of the HPF, never per-window crops: the HPF is averaged 2×2 once (the context views of all
-windows are then 64×64 windows of that half-resolution image at stride/2) and both images are
-``Tensor.unfold``-ed into ``(3, ny, nx, 64, 64)`` views; a batch gathers only its windows from them.
-Window ``(i, j)`` has its origin at ``(i·stride, j·stride)`` and its centre — the detection point — at
-``(i·stride + 64, j·stride + 64)`` in HPF pixels, as training patches are centred on their mitosis.
+classified from its two 64×64 views (:func:`histo_lightning.nets.chsnet.two_views`). Window centres —
+the detection points, as training patches are centred on their mitosis — form a grid over the *whole*
+HPF: ``ceil((H - 1) / stride) + 1`` rows of centres, spread symmetrically so the first and last lie at
+most ``stride / 2`` outside the image, hence every pixel, edges and corners included, is within
+``stride / 2`` (per axis) of a window centre. Windows reaching beyond the HPF see it mirrored there
+(reflection without repeating the edge pixel), exactly as training patches cut near a border are
+(:func:`histo_lightning.data.patching.extract_patch`, ``BORDER_REFLECT_101``): the HPF is
+padded once by reflection (:func:`window_grid` gives the pads). Without the padding a mitosis within
+about 50 px of an edge had no window near enough to be matched.
+
+The views are tensor views of the padded HPF, never per-window crops: it is averaged 2×2 once (the
+context views of all windows are then 64×64 windows of that half-resolution image at stride/2) and both
+images are ``Tensor.unfold``-ed into ``(3, ny, nx, 64, 64)`` views; a batch gathers only its windows
+from them. Window ``(i, j)`` has its centre at ``(first_y + i·stride, first_x + j·stride)`` in HPF
+pixels; a centre just outside the HPF is reported at the nearest edge pixel.
 
 **Cascade.** Every window goes through the screening network; only those with p > 0.80 go through the
 refined network, and a window is a mitosis when the refined p > 0.85 too (§4.3). Without a cascade
@@ -29,6 +38,7 @@ same counts at a grid of refined thresholds for the precision–recall curve, an
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -48,11 +58,17 @@ CURVE_THRESHOLDS = np.round(np.arange(0.05, 1.0, 0.01), 2)
 
 @dataclass
 class WindowViews:
-    """The windows of one HPF as views: ``context`` and ``centre`` are ``(3, ny, nx, 64, 64)``."""
+    """The windows of one HPF as views: ``context`` and ``centre`` are ``(3, ny, nx, 64, 64)``.
+
+    ``first`` is the HPF ``(row, col)`` of window (0, 0)'s centre (``<= 0``), ``shape`` the HPF's
+    ``(H, W)``.
+    """
 
     context: Tensor
     centre: Tensor
     stride: int
+    first: tuple[int, int] = (PATCH_SIZE // 2, PATCH_SIZE // 2)
+    shape: tuple[int, int] | None = None
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -69,26 +85,50 @@ class WindowViews:
         return self.context[:, iy, ix].transpose(0, 1), self.centre[:, iy, ix].transpose(0, 1)
 
     def centres(self, flat: Tensor) -> Tensor:
-        """``(B, 2)`` HPF ``(row, col)`` of the centres of windows ``flat``."""
+        """``(B, 2)`` HPF ``(row, col)`` of the centres of windows ``flat`` (clamped into the HPF)."""
         nx = self.grid[1]
-        origin = torch.stack([flat // nx, flat % nx], dim=1).float() * self.stride
-        return origin + PATCH_SIZE / 2
+        index = torch.stack([flat // nx, flat % nx], dim=1).float()
+        centres = index * self.stride + torch.tensor(self.first, dtype=torch.float32)
+        if self.shape is not None:
+            limit = torch.tensor(self.shape, dtype=torch.float32) - 1
+            centres = torch.minimum(centres.clamp_min(0.0), limit)
+        return centres
+
+
+def window_grid(size: int, stride: int) -> tuple[int, int, int, int]:
+    """Window centres along one HPF axis of ``size`` pixels: ``(n, first, pad_before, pad_after)``.
+
+    ``n`` centres at ``first + k·stride`` cover ``0 … size-1`` symmetrically (``first <= 0``, the last
+    ``>= size - 1``, both at most ``stride / 2`` outside); the HPF is padded by ``pad_before`` and
+    ``pad_after`` pixels so that every window lies inside the padded image, window ``k`` starting at
+    ``k·stride`` there.
+    """
+    n = math.ceil((size - 1) / stride) + 1
+    first = ((size - 1) - (n - 1) * stride) // 2
+    before = PATCH_SIZE // 2 - first
+    after = (n - 1) * stride + PATCH_SIZE - before - size
+    return n, first, before, after
 
 
 def window_views(image: Tensor, stride: int) -> WindowViews:
-    """The 128×128 windows of a ``(3, H, W)`` HPF at ``stride`` (even) as two unfolded views."""
+    """The 128×128 windows over the whole ``(3, H, W)`` HPF at ``stride`` (even), as two unfolded views."""
     if stride % 2 or stride < 2:
         raise ValueError(f"the detection stride must be even and >= 2, got {stride}")
     x = to_float(image)
     height, width = x.shape[-2:]
     if height < PATCH_SIZE or width < PATCH_SIZE:
         raise ValueError(f"an HPF of {height}x{width} is smaller than one 128x128 window")
-    ny, nx = (height - PATCH_SIZE) // stride + 1, (width - PATCH_SIZE) // stride + 1
+    ny, first_y, top, bottom = window_grid(height, stride)
+    nx, first_x, left, right = window_grid(width, stride)
+    # mirror the HPF around its edges as training patches are (BORDER_REFLECT_101 = torch "reflect")
+    x = F.pad(x[None], (left, right, top, bottom), mode="reflect")[0]
     half = F.avg_pool2d(x[None], 2)[0]
     context = half.unfold(1, VIEW_SIZE, stride // 2).unfold(2, VIEW_SIZE, stride // 2)[:, :ny, :nx]
     offset = (PATCH_SIZE - VIEW_SIZE) // 2
     centre = x[:, offset:, offset:].unfold(1, VIEW_SIZE, stride).unfold(2, VIEW_SIZE, stride)
-    return WindowViews(context, centre[:, :ny, :nx], stride)
+    return WindowViews(
+        context, centre[:, :ny, :nx], stride, (first_y, first_x), (int(height), int(width))
+    )
 
 
 def nms_points(points: Tensor, scores: Tensor, box: float, iou: float) -> Tensor:
@@ -109,7 +149,8 @@ class CascadeDetector(pl.LightningModule):
         screening_threshold, refined_threshold: §4.3's 0.80 and 0.85.
         stride: window stride in pixels (even). batch_size: windows per forward pass.
         nms_box, nms_iou: NMS box side (px) and IoU threshold.
-        match_radius_px: match radius in pixels (7.5 µm). match_rule: ``one_to_one`` or ``amida13``.
+        match_radius_px: match radius in pixels (7.5 µm). match_rule: ``amida13`` (TUPAC16) or
+            ``one_to_one``.
     """
 
     def __init__(
@@ -123,7 +164,7 @@ class CascadeDetector(pl.LightningModule):
         nms_box: float = 64.0,
         nms_iou: float = 0.1,
         match_radius_px: float = 30.0,
-        match_rule: str = "one_to_one",
+        match_rule: str = "amida13",
     ) -> None:
         super().__init__()
         if match_rule not in MATCH_RULES:
@@ -234,4 +275,11 @@ class CascadeDetector(pl.LightningModule):
             metric.reset()
 
 
-__all__ = ["CURVE_THRESHOLDS", "CascadeDetector", "WindowViews", "nms_points", "window_views"]
+__all__ = [
+    "CURVE_THRESHOLDS",
+    "CascadeDetector",
+    "WindowViews",
+    "nms_points",
+    "window_grid",
+    "window_views",
+]

@@ -12,28 +12,24 @@ pipeline (:mod:`histo_lightning.pipelines.chsnet`) builds one of each from confi
   averaged too) updated after every optimiser step; validation, mining and detection use it.
 * **BN moving decay 0.99** lives in the network (momentum 0.01).
 
-Logged under the stage name: ``<stage>/train/loss``, ``<stage>/val/{loss,ap,auroc,precision,recall,f1}``
-(precision/recall/F1 of the mitosis class at p > 0.5) and ``<stage>/val/<monitor>_best``.
+Logged under the stage name (:class:`~histo_lightning.models.base.SupervisedModule` with the stage as
+``log_prefix``): ``<stage>/train/loss``, ``<stage>/val/{loss,ap,auroc,precision,recall,f1}`` (precision,
+recall and F1 of the mitosis class at p > 0.5, torchmetrics) and ``<stage>/val/<monitor>_best``.
 ``predict_step`` returns ``{"index", "label", "prob"}`` (p(mitosis)) for hard-example mining.
 """
 
 from __future__ import annotations
 
 import bisect
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from torchmetrics import MaxMetric, MeanMetric, MinMetric
-from torchmetrics.classification import BinaryAUROC, BinaryAveragePrecision, BinaryStatScores
 
-warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('\w+/(val|train)/")
-
-Batch = dict[str, Tensor]
+from histo_lightning.metrics.classification import BinaryClassificationMetrics
+from histo_lightning.models.base import Batch, SupervisedModule
 
 
 def piecewise_constant(epoch: float, milestones: Sequence[float], values: Sequence[float]) -> float:
@@ -51,7 +47,7 @@ def check_schedule(milestones: Sequence[float], values: Sequence[float]) -> None
         raise ValueError("schedule milestones must increase and values be positive")
 
 
-class PatchClassifier(pl.LightningModule):
+class PatchClassifier(SupervisedModule):
     """Trains a CHS-Net network on ``{"image" (N,3,128,128) uint8, "label", "index"}`` batches.
 
     Args:
@@ -64,6 +60,8 @@ class PatchClassifier(pl.LightningModule):
         max_epochs: the stage's epochs (the pipeline caps them at ``trainer.max_epochs``).
         monitor: validation metric for checkpoint selection, without the stage prefix (``val/ap``).
         monitor_mode: ``max`` or ``min``.
+        metrics: a factory of the validation metric suite (default:
+            :class:`~histo_lightning.metrics.classification.BinaryClassificationMetrics` at p > 0.5).
     """
 
     def __init__(
@@ -77,18 +75,21 @@ class PatchClassifier(pl.LightningModule):
         max_epochs: int = 10,
         monitor: str = "val/ap",
         monitor_mode: str = "max",
+        metrics: Callable[[], BinaryClassificationMetrics] | None = None,
     ) -> None:
-        super().__init__()
-        self.save_hyperparameters(logger=False, ignore=["net", "loss", "optimizer"])
-        self.optimizer_factory = optimizer
         if schedule is not None:
             check_schedule(schedule["milestones"], schedule["values"])
-        if monitor_mode not in ("max", "min"):
-            raise ValueError(f"monitor_mode must be 'max' or 'min', got {monitor_mode!r}")
         if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"ema_decay={ema_decay} must be in [0, 1)")
-        self.net = net
-        self.loss = loss
+        super().__init__(
+            net,
+            loss,
+            optimizer,
+            metrics or BinaryClassificationMetrics,
+            monitor=monitor,
+            monitor_mode=monitor_mode,
+        )
+        self.schedule = self.hparams.schedule
         self.ema = (
             AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
             if ema_decay is not None
@@ -97,11 +98,7 @@ class PatchClassifier(pl.LightningModule):
         if self.ema is not None:
             self.ema.requires_grad_(False)  # not optimised (and not "unused parameters" under DDP)
         self.stage = stage
-        self.train_loss, self.val_loss = MeanMetric(), MeanMetric()
-        self.val_ap = BinaryAveragePrecision()
-        self.val_auroc = BinaryAUROC()
-        self.val_stats = BinaryStatScores(threshold=0.5)
-        self.val_best = MaxMetric() if monitor_mode == "max" else MinMetric()
+        self.log_prefix = f"{stage}/"
 
     def inference_net(self) -> nn.Module:
         """The network used for evaluation, mining and detection: the EMA copy when there is one."""
@@ -115,61 +112,14 @@ class PatchClassifier(pl.LightningModule):
         """p(mitosis) of ``(N, 3, 128, 128)`` patches from the evaluation network."""
         return self(images).float().softmax(dim=-1)[:, 1]
 
-    def key(self, name: str) -> str:
-        return f"{self.stage}/{name}"
-
-    # ---- training ---------------------------------------------------------------------------------
-    def on_train_start(self) -> None:
-        self.val_best.reset()
-
-    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        logits = self.net(batch["image"])
-        loss = self.loss(logits, batch["label"])
-        self.train_loss.update(loss.detach(), weight=len(logits))
-        self.log(
-            self.key("train/loss_step"), loss.detach(), on_step=True, on_epoch=False, prog_bar=True
-        )
-        return loss
+    def step(self, batch: Batch, stage: str) -> tuple[Tensor, Tensor]:
+        """Training: the raw network; evaluation: the EMA network (§4.2.2), logits in float32."""
+        logits = self.net(batch["image"]) if stage == "train" else self(batch["image"]).float()
+        return self.loss(logits, batch["label"]), logits
 
     def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
         if self.ema is not None:
             self.ema.update_parameters(self.net)
-
-    def on_train_epoch_end(self) -> None:
-        self.log(self.key("train/loss"), self.train_loss.compute())
-        self.train_loss.reset()
-
-    # ---- validation -------------------------------------------------------------------------------
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        logits = self(batch["image"]).float()
-        labels = batch["label"]
-        self.val_loss.update(self.loss(logits, labels), weight=len(labels))
-        probs = logits.softmax(dim=-1)[:, 1]
-        self.val_ap.update(probs, labels)
-        self.val_auroc.update(probs, labels)
-        self.val_stats.update(probs, labels)
-
-    def on_validation_epoch_end(self) -> None:
-        tp, fp, _, fn, _ = (float(v) for v in self.val_stats.compute())
-        precision = tp / (tp + fp) if tp + fp else 0.0
-        recall = tp / (tp + fn) if tp + fn else 0.0
-        values = {
-            "val/loss": self.val_loss.compute(),
-            "val/ap": self.val_ap.compute(),
-            "val/auroc": self.val_auroc.compute(),
-            "val/precision": torch.tensor(precision),
-            "val/recall": torch.tensor(recall),
-            "val/f1": torch.tensor(
-                2 * precision * recall / (precision + recall) if precision + recall else 0.0
-            ),
-        }
-        self.log_dict({self.key(k): v for k, v in values.items()})
-        monitor = self.hparams.monitor
-        if monitor in values and not self.trainer.sanity_checking:
-            self.val_best.update(values[monitor])
-            self.log(self.key(f"{monitor}_best"), self.val_best.compute(), prog_bar=True)
-        for metric in (self.val_loss, self.val_ap, self.val_auroc, self.val_stats):
-            metric.reset()
 
     # ---- mining -----------------------------------------------------------------------------------
     def predict_step(
@@ -182,12 +132,14 @@ class PatchClassifier(pl.LightningModule):
         }
 
     # ---- optimisation -----------------------------------------------------------------------------
-    def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(params=self.net.parameters())
-        schedule = self.hparams.schedule
-        if schedule is None:
-            return optimizer
-        milestones, values = list(schedule["milestones"]), list(schedule["values"])
+    def optimized_parameters(self) -> Any:
+        return self.net.parameters()  # not the EMA copy
+
+    def lr_scheduler(self, optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
+        """The piecewise-constant schedule over fractional epochs, stepped after every optimiser step."""
+        if self.schedule is None:
+            return None
+        milestones, values = list(self.schedule["milestones"]), list(self.schedule["values"])
         for group in optimizer.param_groups:
             group["lr"] = values[0]
             group["initial_lr"] = values[0]
@@ -199,10 +151,7 @@ class PatchClassifier(pl.LightningModule):
             return piecewise_constant(step / steps_per_epoch, milestones, values) / values[0]
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
-        }
+        return {"scheduler": scheduler, "interval": "step"}
 
 
 __all__ = ["PatchClassifier", "check_schedule", "piecewise_constant"]

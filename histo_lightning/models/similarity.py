@@ -19,7 +19,6 @@ embedding loss is reported there too (``val/embed_loss``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -28,8 +27,8 @@ from torchmetrics import MeanMetric
 
 from histo_lightning.errors import ConfigError
 from histo_lightning.losses.total import LossTerms, SimilarityObjective
-from histo_lightning.metrics.classification import ClassificationMetrics
-from histo_lightning.models.classifier import Batch, ImageClassifier
+from histo_lightning.models.base import Batch, SupervisedModule
+from histo_lightning.models.classifier import ImageClassifier
 
 PARTNER_KEYS = {"triplet": ("positive", "negative"), "pair": ("partner",)}
 
@@ -45,31 +44,25 @@ class SimilarityClassifier(ImageClassifier):
         embedding_loss: L_embed: :class:`~histo_lightning.losses.ContrastiveLoss` (pairs),
             :class:`~histo_lightning.losses.TripletLoss` (triplets) or ``None`` ("w/o ε").
         embedding_weight, classification_weight: weights of the two terms (1 and 1 in Eq. 1).
-        optimizer, scheduler, metrics, monitor, monitor_mode, channels_last: as :class:`ImageClassifier`.
+        **kwargs: :class:`ImageClassifier` arguments (``optimizer``, ``metrics``, ``scheduler``,
+            ``monitor``, ``monitor_mode``, ``channels_last``).
 
     Batches for training are pairs/triplets from the data module (``dataset.pairing=auto`` reads
     :attr:`pairing`); logged: ``{train,val,test}/loss`` (the total), ``…/embed_loss``, ``…/cls_loss``.
     """
 
-    injected_modules = ("net", "loss", "metrics", "embedding_loss")
+    injected = (*SupervisedModule.injected, "embedding_loss")
 
     def __init__(
         self,
         net: nn.Module,
         loss: nn.Module,
-        optimizer: Callable[..., torch.optim.Optimizer],
-        metrics: Callable[[], ClassificationMetrics],
         embedding_loss: nn.Module | None = None,
         embedding_weight: float = 1.0,
         classification_weight: float = 1.0,
-        scheduler: Callable[..., Any] | None = None,
-        monitor: str = "val/acc",
-        monitor_mode: str = "max",
-        channels_last: bool = False,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            net, loss, optimizer, metrics, scheduler, monitor, monitor_mode, channels_last
-        )
+        super().__init__(net, loss, **kwargs)
         if not callable(getattr(net, "embed", None)) or not isinstance(
             getattr(net, "classifier", None), nn.Module
         ):
@@ -121,52 +114,18 @@ class SimilarityClassifier(ImageClassifier):
         logits = self.net.classifier(anchor)
         return self.objective(logits, batch["label"]), logits, anchor
 
-    def _shared_step(self, batch: Batch) -> tuple[Tensor, Tensor]:
+    def step(self, batch: Batch, stage: str) -> tuple[Tensor, Tensor]:
         terms, logits, _ = self._forward_batch(batch)
-        return terms.total, logits
-
-    def _update_terms(self, stage: str, terms: LossTerms, n: int) -> None:
+        n = len(logits)
         self.term_means[f"{stage}_cls"].update(terms.cls.detach(), weight=n)
         if terms.embed is not None:
             self.term_means[f"{stage}_embed"].update(terms.embed.detach(), weight=n)
+        return terms.total, logits
 
-    def _log_terms(self, stage: str) -> None:
+    def log_stage_extras(self, stage: str) -> None:
+        """``<stage>/embed_loss`` and ``<stage>/cls_loss``: the two terms of Eq. (1)."""
         for term in ("embed", "cls"):
             metric = self.term_means[f"{stage}_{term}"]
             if metric.update_called:
                 self.log(f"{stage}/{term}_loss", metric.compute())
             metric.reset()
-
-    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        terms, logits, _ = self._forward_batch(batch)
-        n = len(logits)
-        self.train_loss.update(terms.total.detach(), weight=n)
-        self._update_terms("train", terms, n)
-        self.train_acc.update(logits.detach(), batch["label"])
-        self.log(
-            "train/loss_step", terms.total.detach(), on_step=True, on_epoch=False, prog_bar=True
-        )
-        return terms.total
-
-    def on_train_epoch_end(self) -> None:
-        self._log_terms("train")
-        super().on_train_epoch_end()
-
-    def _eval_step(
-        self, batch: Batch, metrics: ClassificationMetrics, loss_metric: MeanMetric
-    ) -> Tensor:
-        terms, logits, _ = self._forward_batch(batch)
-        probs = logits.float().softmax(dim=-1)
-        stage = "val" if metrics is self.val_metrics else "test"
-        loss_metric.update(terms.total, weight=len(logits))
-        self._update_terms(stage, terms, len(logits))
-        metrics.update(probs, batch["label"], batch.get("patient"), batch.get("group"))
-        return probs
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_terms("val")
-        super().on_validation_epoch_end()
-
-    def on_test_epoch_end(self) -> None:
-        self._log_terms("test")
-        super().on_test_epoch_end()

@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
 from lightning_utilities.core.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
@@ -53,6 +52,8 @@ from histo_lightning.train import (
     seed_run,
     write_run_report,
 )
+from histo_lightning.utils.batchnorm import check_training_batch_size
+from histo_lightning.utils.checkpoints import check_checkpoint, load_state_dict
 from histo_lightning.utils.hydra_ddp import prepare_ddp_subprocess_launch
 from histo_lightning.utils.instantiate import build, instantiate_callbacks, instantiate_loggers
 from histo_lightning.utils.io import read_json, write_json_atomic
@@ -161,8 +162,7 @@ class Pipeline:
 
     @staticmethod
     def load_weights(module: pl.LightningModule, checkpoint: str | Path) -> None:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
-        module.load_state_dict(state)
+        module.load_state_dict(load_state_dict(checkpoint, key="stage checkpoint"))
 
     # ---- stages -----------------------------------------------------------------------------------
     def fit_stage(self, stage: str) -> PatchClassifier:
@@ -181,6 +181,7 @@ class Pipeline:
             raise ConfigError(
                 f"train=false but stage {stage} has not finished in {stage_dir}: nothing to evaluate"
             )
+        check_training_batch_size(module, self.datamodule.batch_size)
         has_val = len(self.datamodule.hpf_ids("val")) > 0
         checkpoint = self.checkpoint_callback(stage, stage_dir, has_val)
         trainer = self.trainer(
@@ -188,11 +189,15 @@ class Pipeline:
         )
         self.log_hparams_once(module, trainer)
         last = stage_dir / "checkpoints" / "last.ckpt"
-        resumed_from = str(last) if self.cfg.get("resume", True) and last.is_file() else None
+        resumed_from = (
+            check_checkpoint(last, key=f"resume (stage {stage})")
+            if self.cfg.get("resume", True) and last.is_file()
+            else None
+        )
         if resumed_from:
             log.info(f"Stage {stage}: resuming from {resumed_from}")
         log.info(f"Stage {stage}: fitting for {trainer.max_epochs} epoch(s) into {stage_dir}")
-        trainer.fit(module, datamodule=self.datamodule, ckpt_path=resumed_from, weights_only=False)
+        trainer.fit(module, datamodule=self.datamodule, ckpt_path=resumed_from, weights_only=True)
         best = checkpoint.best_model_path or checkpoint.last_model_path or str(last)
         self.load_weights(module, best)
         metrics = {

@@ -357,7 +357,13 @@ class PipelineRunner:
         return order
 
     def check(self) -> None:
+        """Stage kinds exist, and the method's own config checks (``pipeline.checks``) pass.
+
+        ``pipeline.checks`` is a list of ``{fn: package.module.function, ...kwargs}`` called as
+        ``fn(cfg, **kwargs)`` before anything runs; they raise a ConfigError naming the key that is wrong.
+        """
         from histo_lightning.pipelines.stages import STAGE_KINDS
+        from histo_lightning.train import resolve_task
 
         for name in self.stage_order():
             node = self.pipeline.stages[name]
@@ -366,6 +372,13 @@ class PipelineRunner:
                 raise ConfigError(
                     f"pipeline.stages.{name}.kind={kind!r}: expected one of {sorted(STAGE_KINDS)}"
                 )
+        if self.cfg.get("ckpt_path"):
+            from histo_lightning.utils.checkpoints import check_checkpoint
+
+            check_checkpoint(self.cfg.ckpt_path)  # before any data is read
+        for spec in self.pipeline.get("checks") or []:
+            spec = dict(to_plain(spec))
+            resolve_task(spec.pop("fn"))(self.cfg, **spec)
 
     # ---- fingerprints -----------------------------------------------------------------------------------
     def semantic_settings(self) -> dict[str, Any]:

@@ -47,7 +47,8 @@ from torch.utils.data import DataLoader, Subset, default_collate
 from histo_lightning.callbacks.feature_writer import FeatureCacheWriter
 from histo_lightning.data.feature_cache import FeatureCache, default_cache_dir, manifest_digest
 from histo_lightning.errors import ConfigError
-from histo_lightning.utils.checkpoints import load_checkpoint
+from histo_lightning.utils.batchnorm import check_training_batch_size
+from histo_lightning.utils.checkpoints import check_checkpoint, load_state_dict
 from histo_lightning.utils.instantiate import build
 from histo_lightning.utils.logging import get_logger
 
@@ -70,9 +71,9 @@ def build_stage_module(runner: PipelineRunner, name: str) -> pl.LightningModule:
     return ctx.build(stage_cfg.module)
 
 
-def load_weights(module: torch.nn.Module, checkpoint: str | Path) -> None:
+def load_weights(module: torch.nn.Module, checkpoint: str | Path, key: str = "checkpoint") -> None:
     """Load a Lightning checkpoint's ``state_dict`` into ``module`` (plain tensors only, never pickle)."""
-    module.load_state_dict(load_checkpoint(checkpoint)["state_dict"])
+    module.load_state_dict(load_state_dict(checkpoint, key=key))
 
 
 class Stage:
@@ -138,16 +139,19 @@ class FitStage(Stage):
     def resume_from(self) -> str | None:
         explicit = self.cfg.get("ckpt_path")
         if explicit:
-            load_checkpoint(explicit)  # refuses a missing or pickle-needing file in one line
-            return str(explicit)
+            return check_checkpoint(explicit)  # a missing or pickle-needing file: one line
         last = self.ctx.dir / "checkpoints" / "last.ckpt"
         if self.ctx.cfg.get("resume", True) and last.is_file():
             log.info(f"Stage {self.ctx.name}: resuming from {last}")
-            return str(last)
+            return check_checkpoint(last, key=f"resume (stage {self.ctx.name})")
         return None
 
     def run(self) -> dict[str, Any]:
         ctx = self.ctx
+        if not ctx.cfg.get("train", True):
+            raise ConfigError(
+                f"train=false but stage {ctx.name} has not finished in {ctx.dir}: nothing to evaluate"
+            )
         module = build_stage_module(ctx.runner, ctx.name)
         init_from = self.cfg.get("init_from")
         if init_from:
@@ -155,6 +159,7 @@ class FitStage(Stage):
             log.info(f"Stage {ctx.name}: starting from the weights of stage {init_from}")
         self.run_setup()
         datamodule = ctx.datamodule
+        check_training_batch_size(module, getattr(datamodule, "batch_size", None))
         has_val = (
             bool(datamodule.has_validation()) if hasattr(datamodule, "has_validation") else True
         )
@@ -210,9 +215,8 @@ class TestStage(Stage):
             best = result.info.get("best_checkpoint")
             return self.ctx.module(source), str(result.dir / best) if best else f"stage {source}"
         if source and ckpt_path:
-            load_checkpoint(ckpt_path)
             module = build_stage_module(self.ctx.runner, source)
-            load_weights(module, ckpt_path)
+            load_weights(module, ckpt_path, key="ckpt_path")
             return module, str(ckpt_path)
         if source:
             raise ConfigError(

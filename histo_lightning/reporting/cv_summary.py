@@ -1,27 +1,30 @@
 """Cross-validation summary of a finished (or running) sweep, laid out like the papers' tables.
 
 ``python -m histo_lightning.reporting.cv_summary <sweep dir>`` (or ``histo-cv-summary``) reads every job
-folder of a Hydra multirun (``<n>_fold<k>/`` with ``.hydra/`` and ``metrics.json``) and writes
-``cv_summary.json`` and ``cv_summary.md`` into the sweep folder. Jobs are grouped by their overrides other
-than ``fold`` (a margin sweep over five folds gives one group per margin, like SMSE Table III); each group
-gets one row per fold and mean ± standard deviation per test metric. The standard deviation is the
-population one (ddof=0) by default, which reproduces the papers' tables (e.g. SMSE Table VI's RR
-88.40 ± 4.17 from its five folds); ``--ddof 1`` gives the sample one. Folds without ``metrics.json``
-(failed or still running) are listed, not averaged.
+folder of a Hydra multirun (:mod:`histo_lightning.reporting.sweep`) and writes ``cv_summary.json`` and
+``cv_summary.md`` into the sweep folder. Jobs are grouped by their overrides other than ``fold`` (a margin
+sweep over five folds gives one group per margin, like SMSE Table III); each group gets one row per fold
+and mean ± standard deviation per test metric. The standard deviation is the population one (ddof=0) by
+default, which reproduces the papers' tables (e.g. SMSE Table VI's RR 88.40 ± 4.17 from its five folds);
+``--ddof 1`` gives the sample one. Detection tasks (TP/FP/FN per fold) also get the **AVE.** row of
+CHS-Net Table 3: precision, recall and F1 of the counts summed over the folds. Failed jobs are listed with
+their one-line error (``failed.json``), jobs with no result yet as missing (running or killed); neither is
+averaged.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
+from histo_lightning.metrics.detection import detection_scores
+from histo_lightning.reporting.sweep import Job, read_jobs, synthetic_data
+from histo_lightning.reporting.tables import fmt_value, markdown_table
 from histo_lightning.utils.io import write_json_atomic, write_text_atomic
 
 _PREFERRED = ("rr", "acc", "f1", "precision", "recall", "auroc", "tp", "fp", "fn")
@@ -34,27 +37,8 @@ _ACRONYMS = {
     "fp": "FP",
     "fn": "FN",
 }
-
-
-def _read_job(job_dir: Path) -> dict[str, Any] | None:
-    overrides_file = job_dir / ".hydra" / "overrides.yaml"
-    if not overrides_file.is_file():
-        return None
-    overrides = yaml.safe_load(overrides_file.read_text()) or []
-    config = yaml.safe_load((job_dir / ".hydra" / "config.yaml").read_text()) or {}
-    metrics_file = job_dir / "metrics.json"
-    info_file = job_dir / "run_info.json"
-    return {
-        "dir": job_dir.name,
-        "fold": config.get("fold"),
-        "overrides": dict(
-            o.split("=", 1) for o in overrides if "=" in o and not o.startswith("fold=")
-        ),
-        "metrics": json.loads(metrics_file.read_text()) if metrics_file.is_file() else None,
-        "synthetic": json.loads(info_file.read_text()).get("synthetic_data")
-        if info_file.is_file()
-        else None,
-    }
+#: the label of the pooled TP/FP/FN row: CHS-Net Table 3's AVE. (877/1014 = 0.8649 is pooled)
+POOLED_ROW = "AVE. (Σ TP/FP/FN, pooled)"
 
 
 def metric_order(names: list[str]) -> list[str]:
@@ -91,8 +75,9 @@ def pooled_counts(values: dict[str, list[float]]) -> dict[str, float]:
     """Precision, recall and F1 from TP/FP/FN summed over folds (detection tasks, e.g. CHS-Net).
 
     For every ``<prefix>/tp``, ``<prefix>/fp``, ``<prefix>/fn`` triple: ``<prefix>/{tp,fp,fn}`` summed and
-    ``<prefix>/{precision,recall,f1}`` of the sums. The papers' "AVE." row is the mean of the fold F1s;
-    this is the pooled alternative over all HPFs of all folds.
+    ``<prefix>/{precision,recall,f1}`` of the sums. This is the papers' "AVE." row: CHS-Net Table 3's AVE.
+    precision 0.8649 = 877 / 1014 and F1 0.6836 are those of its Total counts, not means of the folds
+    (whose F1s average 0.6741).
     """
     out: dict[str, float] = {}
     for name in values:
@@ -103,54 +88,45 @@ def pooled_counts(values: dict[str, list[float]]) -> dict[str, float]:
         if not all(counts) or len({len(c) for c in counts}) != 1:
             continue
         tp, fp, fn = (float(np.sum(c)) for c in counts)
-        precision = tp / (tp + fp) if tp + fp else 0.0
-        recall = tp / (tp + fn) if tp + fn else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        out.update(
-            {
-                prefix + "tp": tp,
-                prefix + "fp": fp,
-                prefix + "fn": fn,
-                prefix + "precision": precision,
-                prefix + "recall": recall,
-                prefix + "f1": f1,
-            }
-        )
+        scores = detection_scores(tp, fp, fn)
+        out.update({prefix + "tp": tp, prefix + "fp": fp, prefix + "fn": fn})
+        out.update({prefix + k: v for k, v in scores.items()})
     return out
 
 
 def summarize(sweep_dir: str | Path, ddof: int = 0) -> dict[str, Any]:
     """The summary of every job under ``sweep_dir`` (see module docstring)."""
     sweep_dir = Path(sweep_dir)
-    jobs = [
-        j for d in sorted(sweep_dir.iterdir()) if d.is_dir() and (j := _read_job(d)) is not None
-    ]
-    keys = {k for j in jobs for k in j["overrides"]}
+    jobs = read_jobs(sweep_dir)
+    keys = {k for j in jobs for k in j.overrides}
     common = {
         k: v
         for k in sorted(keys)
-        if len({j["overrides"].get(k) for j in jobs}) == 1
-        for v in [jobs[0]["overrides"].get(k)]
+        if len({j.overrides.get(k) for j in jobs}) == 1
+        for v in [jobs[0].overrides.get(k)]
     }
-    groups: dict[tuple[tuple[str, str], ...], list[dict]] = defaultdict(list)
+    groups: dict[tuple[tuple[str, str], ...], list[Job]] = defaultdict(list)
     for job in jobs:
-        groups[tuple((k, v) for k, v in job["overrides"].items() if k not in common)].append(job)
-    names = metric_order(sorted({m for j in jobs if j["metrics"] for m in j["metrics"]}))
-    synthetic = {j["synthetic"] for j in jobs if j["synthetic"] is not None}
+        groups[tuple((k, v) for k, v in job.overrides.items() if k not in common)].append(job)
+    names = metric_order(sorted({m for j in jobs if j.metrics for m in j.metrics}))
     out_groups = []
     for group, members in groups.items():
-        done = sorted(
-            (j for j in members if j["metrics"]), key=lambda j: (j["fold"] is None, j["fold"])
+        done = sorted((j for j in members if j.metrics), key=lambda j: (j.fold is None, j.fold))
+        values = {m: [j.metrics[m] for j in done if m in j.metrics] for m in names}
+        unfinished = sorted(
+            (j for j in members if not j.metrics), key=lambda j: (j.fold is None, j.fold)
         )
-        values = {m: [j["metrics"][m] for j in done if m in j["metrics"]] for m in names}
         out_groups.append(
             {
                 "overrides": dict(group),
-                "folds": [
-                    {"fold": j["fold"], "dir": j["dir"], "metrics": j["metrics"]} for j in done
+                "folds": [{"fold": j.fold, "dir": j.dir.name, "metrics": j.metrics} for j in done],
+                "failed": [
+                    {"fold": j.fold, "dir": j.dir.name, "error": j.error}
+                    for j in unfinished
+                    if j.status == "failed"
                 ],
                 "missing": [
-                    {"fold": j["fold"], "dir": j["dir"]} for j in members if not j["metrics"]
+                    {"fold": j.fold, "dir": j.dir.name} for j in unfinished if j.status == "missing"
                 ],
                 "n": len(done),
                 "pooled": pooled_counts(values),
@@ -164,35 +140,23 @@ def summarize(sweep_dir: str | Path, ddof: int = 0) -> dict[str, Any]:
         )
     summary: dict[str, Any] = {
         "sweep_dir": str(sweep_dir),
-        "synthetic_data": synthetic.pop()
-        if len(synthetic) == 1
-        else ("mixed" if synthetic else None),
+        "synthetic_data": synthetic_data(jobs),
         "common_overrides": common,
         "std_kind": f"{'population' if ddof == 0 else 'sample'} standard deviation (ddof={ddof})",
         "metrics": names,
+        "n_failed": sum(len(g["failed"]) for g in out_groups),
         "groups": out_groups,
     }
     if len(out_groups) == 1:  # the common case: a plain k-fold run, its numbers at the top level
-        summary.update({k: out_groups[0][k] for k in ("folds", "mean", "std", "n", "missing")})
+        keep = ("folds", "mean", "std", "n", "missing", "failed", "pooled")
+        summary.update({k: out_groups[0][k] for k in keep})
     return summary
-
-
-def _fmt(value: float, digits: int) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    return f"{value:.{digits}f}"
 
 
 def _mean_std(group: dict, metric: str, digits: int) -> str:
     if metric not in group["mean"]:
         return "–"
-    return f"{_fmt(group['mean'][metric], digits)} ± {_fmt(group['std'][metric], digits)}"
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
+    return f"{fmt_value(group['mean'][metric], digits=digits)} ± {fmt_value(group['std'][metric], digits=digits)}"
 
 
 def to_markdown(summary: dict[str, Any], digits: int = 3) -> str:
@@ -212,22 +176,30 @@ def to_markdown(summary: dict[str, Any], digits: int = 3) -> str:
         [label(g), str(g["n"]), *(_mean_std(g, m, digits) for m in names)]
         for g in summary["groups"]
     ]
-    parts.append(_table(["Setting", "Folds", *columns], overview))
+    parts.append(markdown_table(["Setting", "Folds", *columns], overview))
     for group in summary["groups"]:
         rows = [
-            [str(f["fold"]), *(_fmt(f["metrics"].get(m), digits) for m in names)]
+            [str(f["fold"]), *(fmt_value(f["metrics"].get(m), digits=digits) for m in names)]
             for f in group["folds"]
         ]
         rows.append(["**Mean ± s.d.**", *(_mean_std(group, m, digits) for m in names)])
         if group.get("pooled"):
             pooled = group["pooled"]
             rows.append(
-                ["**Pooled (Σ TP/FP/FN)**", *(_fmt(pooled.get(m, math.nan), digits) for m in names)]
+                [
+                    f"**{POOLED_ROW}**",
+                    *(fmt_value(pooled.get(m, math.nan), digits=digits) for m in names),
+                ]
             )
-        parts.append(f"## {label(group)}\n\n" + _table(["Fold", *columns], rows))
+        parts.append(f"## {label(group)}\n\n" + markdown_table(["Fold", *columns], rows))
+        if group["failed"]:
+            failed = "\n".join(
+                f"- fold {f['fold']} ({f['dir']}): {f['error']}" for f in group["failed"]
+            )
+            parts.append(f"Failed (not included):\n\n{failed}")
         if group["missing"]:
             missing = ", ".join(f"fold {m['fold']} ({m['dir']})" for m in group["missing"])
-            parts.append(f"Not included (no metrics.json: failed or still running): {missing}")
+            parts.append(f"Missing (running or killed; not included): {missing}")
     parts.append(f"± is the {summary['std_kind']} over folds.")
     return "\n\n".join(parts) + "\n"
 

@@ -45,23 +45,22 @@ class CVSummaryCallback(Callback):
 
 
 class TableReportCallback(Callback):
-    """Write ``smse_tables.{md,json}`` (the paper's table layouts) into the sweep directory.
+    """Write ``<method>_tables.{md,json}`` (the papers' table layouts) into the sweep directory.
 
-    Configured by experiments and sweeps under ``hydra.callbacks``, e.g. ``layouts: [table6, table7]``;
-    see :mod:`histo_lightning.reporting.tables`.
+    Configured by experiments and sweeps under ``hydra.callbacks``, e.g.
+    ``layouts: [smse.table6, smse.table7]``; see :mod:`histo_lightning.reporting.tables`.
     """
 
     def __init__(self, layouts: list[str]) -> None:
-        from histo_lightning.reporting.tables import LAYOUTS
+        from histo_lightning.reporting.tables import check_layouts
 
-        unknown = [layout for layout in layouts if layout not in LAYOUTS]
-        if unknown:
-            raise ValueError(
-                f"hydra.callbacks: unknown table layout(s) {unknown}; choose from {LAYOUTS}"
-            )
+        try:
+            check_layouts(list(layouts))
+        except ValueError as err:
+            raise ValueError(f"hydra.callbacks: {err}") from None
         self.layouts = list(layouts)
 
-    def _write(self, config: DictConfig):
+    def _write(self, config: DictConfig) -> list:
         from histo_lightning.reporting.tables import write_report
 
         return write_report([config.hydra.sweep.dir], self.layouts)
@@ -75,6 +74,5 @@ class TableReportCallback(Callback):
             log.warning(f"could not update the table report: {err}")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        written = self._write(config)
-        if written is not None:
-            log.info(f"Paper tables: {written[1]}\n{written[1].read_text()}")
+        for _, markdown in self._write(config):
+            log.info(f"Paper tables: {markdown}\n{markdown.read_text()}")

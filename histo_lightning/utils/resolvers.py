@@ -5,11 +5,15 @@
 * ``${hl.shared:}``: the team's shared folder (papers, dataset notes, the papers' published splits), which
   lies beside the repository: ``<repository>/../shared``. In a git worktree that has none beside it, the
   one beside the main checkout is used. ``paths.shared_dir`` overrides it.
+* ``${hl.if:<condition>,<then>,<else>}``: ``then`` when the condition is true, else ``else`` (e.g. which
+  stage's network a pipeline injects, by an ablation switch).
+* ``${hl.all:<a>,<b>,...}``: whether every argument is true (e.g. a stage enabled by two switches).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from omegaconf import OmegaConf
 
@@ -33,9 +37,23 @@ def shared_dir(project_root: Path = PROJECT_ROOT) -> Path:
     return beside
 
 
+def _if(condition: Any, then: Any, otherwise: Any = None) -> Any:
+    return then if _truth(condition) else otherwise
+
+
+def _truth(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("true", "1", "yes")
+    return bool(value)
+
+
 def register() -> None:
     OmegaConf.register_new_resolver("hl.root", lambda: str(PROJECT_ROOT), replace=True)
     OmegaConf.register_new_resolver("hl.shared", lambda: str(shared_dir()), replace=True)
+    OmegaConf.register_new_resolver("hl.if", _if, replace=True)
+    OmegaConf.register_new_resolver(
+        "hl.all", lambda *values: all(map(_truth, values)), replace=True
+    )
 
 
 register()

@@ -19,6 +19,7 @@ from urllib.parse import urlparse
 from pytorch_lightning.loggers import WandbLogger
 
 from histo_lightning.errors import ConfigError
+from histo_lightning.utils.io import write_text_atomic
 from histo_lightning.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -71,8 +72,7 @@ def _run_id(save_dir: Path) -> str:
     if id_file.exists():
         return id_file.read_text().strip()
     run_id = uuid.uuid4().hex[:12]
-    save_dir.mkdir(parents=True, exist_ok=True)
-    id_file.write_text(run_id + "\n")
+    write_text_atomic(id_file, run_id + "\n")
     return run_id
 
 

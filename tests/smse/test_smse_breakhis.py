@@ -43,6 +43,8 @@ def test_smse_breakhis_triplets_end_to_end(make_cfg) -> None:
     assert len(embeddings["test_label"]) == len(embeddings["test_embedding"]) > 0
     history = next(out.rglob("metrics.csv")).read_text()
     assert "train/embed_loss" in history and "train/cls_loss" in history
+    checkpoint = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)  # no pickle
+    assert "embedding_loss" not in checkpoint["hyper_parameters"]
 
 
 @pytest.mark.parametrize(
@@ -152,7 +154,7 @@ def test_table_layouts_from_sweeps(tmp_path: Path) -> None:
             for fold, rr in ((1, 0.8), (2, 0.9)):
                 _fake_job(margins, n, fold, _config(kind, margin=m), _metrics(rr + m / 100))
                 n += 1
-    report = build_report([margins], ["table3"])
+    report = build_report([margins], ["smse.table3"])
     (table,) = report["tables"]
     assert [s["setting"] for s in table["settings"]] == [
         ["Pair", 0.5],
@@ -173,7 +175,7 @@ def test_table_layouts_from_sweeps(tmp_path: Path) -> None:
             _fake_job(sweep, fold - 1, fold, _config(kind), _metrics(rr))
         sweeps.append(sweep)
     tables_main(
-        [*map(str, sweeps), "--layout", "table5", "--layout", "table7", "--out", str(tmp_path)]
+        [*map(str, sweeps), "--layout", "smse.table5", "--layout", "smse.table7", "--out", str(tmp_path)]
     )
     written = json.loads((tmp_path / "smse_tables.json").read_text())
     table5, table7 = written["tables"]
@@ -198,7 +200,7 @@ def test_table_sweep_configs_compose() -> None:
         params = table3.hydra.sweeper.params
         assert params["embedding_loss"] == "contrastive,triplet"
         assert params["embedding_loss.margin"] == "0.5,1.0,1.5,2.0"
-        assert list(table3.hydra.callbacks.smse_tables.layouts) == ["table3"]
+        assert list(table3.hydra.callbacks.smse_tables.layouts) == ["smse.table3"]
         table4 = compose(
             "train",
             ["experiment=smse_breakhis", "hparams_search=smse_table4"],

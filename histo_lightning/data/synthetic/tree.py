@@ -35,6 +35,7 @@ import cv2
 from filelock import FileLock
 from joblib import Parallel, delayed
 
+from histo_lightning.utils.io import fsync_tree
 from histo_lightning.utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ def write_tree_atomically(root: Path, write: Callable[[Path], None]) -> Path:
     try:
         tmp.mkdir()
         write(tmp)
+        fsync_tree(tmp)
         try:
             tmp.rename(root)
         except OSError as err:
