@@ -16,11 +16,22 @@ import yaml
 from histo_lightning.data.bach import CLASS_NAMES
 from histo_lightning.metrics.bach import binary_metrics
 from histo_lightning.pipelines.rakhlin import report
-from histo_lightning.reporting.bach import (
-    TABLE1_NAME,
-    model_label,
-    write_sweep_summary,
-)
+from histo_lightning.reporting.rakhlin_tables import model_label
+from histo_lightning.reporting.tables import write_report
+
+LAYOUTS = ["rakhlin.table1", "rakhlin.fig4"]
+
+
+def _summary(sweep: Path) -> tuple[dict, dict, str]:
+    """(Table 1 rows JSON, pooled JSON, markdown) of the sweep's rakhlin_tables files."""
+    [(json_path, md_path)] = write_report([sweep], LAYOUTS)
+    assert json_path == sweep / "rakhlin_tables.json"
+    tables = {t["layout"]: t for t in json.loads(json_path.read_text())["tables"]}
+    return (
+        tables["rakhlin.table1"]["rows"][0],
+        tables["rakhlin.fig4"]["rows"][0],
+        md_path.read_text(),
+    )
 
 
 def _fake_ctx(tmp_path: Path, per_model: dict, unlabelled: dict, manifest: pd.DataFrame):
@@ -129,9 +140,8 @@ def _fake_sweep(sweep: Path, rng: np.random.Generator) -> pd.DataFrame:
 
 def test_table1_layout_pooled_two_class_and_averaged_submission(tmp_path: Path) -> None:
     pooled_frame = _fake_sweep(tmp_path, np.random.default_rng(0))
-    assert write_sweep_summary(tmp_path) == tmp_path / f"{TABLE1_NAME}.md"
-    summary = json.loads((tmp_path / f"{TABLE1_NAME}.json").read_text())["settings"][0]
-    rows = summary["table1"]["rows"]
+    table, fig4, text = _summary(tmp_path)
+    rows = table["rows"]
     assert list(rows) == [
         "ResNet-400",
         "ResNet-650",
@@ -142,7 +152,7 @@ def test_table1_layout_pooled_two_class_and_averaged_submission(tmp_path: Path) 
         "std",
         "Model fusion",
     ]
-    assert summary["table1"]["columns"] == [*(f"f{k}" for k in range(1, 11)), "mean", "std"]
+    assert table["columns"] == [*(f"f{k}" for k in range(1, 11)), "mean", "std"]
     # the paper's printed summary values, from its per-fold numbers (population std over folds)
     assert rows["Model fusion"]["mean"] == pytest.approx(87.25)
     assert rows["Model fusion"]["std"] == pytest.approx(2.6, abs=0.05)
@@ -153,7 +163,7 @@ def test_table1_layout_pooled_two_class_and_averaged_submission(tmp_path: Path) 
     labels = pooled_frame["label"].map({n: i for i, n in enumerate(CLASS_NAMES)}).to_numpy()
     probs = pooled_frame[[f"p_{n}" for n in CLASS_NAMES]].to_numpy()
     expected = binary_metrics(labels, probs, (0.33, 0.5))
-    pooled = summary["pooled"]
+    pooled = fig4["pooled"]
     assert pooled["n_images"] == 400
     assert pooled["pooled/auc"] == pytest.approx(expected["auc"])
     assert pooled["pooled/sensitivity@0.33"] == pytest.approx(expected["sensitivity@0.33"])
@@ -165,16 +175,16 @@ def test_table1_layout_pooled_two_class_and_averaged_submission(tmp_path: Path) 
         "InSitu",
         "Normal",
     ]  # 6 folds say InSitu, 4 Benign for test0
-    text = (tmp_path / f"{TABLE1_NAME}.md").read_text()
-    assert "| **Model fusion** | 92.5 | 82.5 |" in text and "pooled over the 400" in text
+    assert "| **Model fusion** | 92.5 | 82.5 |" in text and "over the 400 pooled" in text
+    assert "vs the best single model ResNet-400 84.2" in text
 
 
 def test_incomplete_sweeps_are_summarised_without_a_submission(tmp_path: Path) -> None:
     _fake_sweep(tmp_path, np.random.default_rng(1))
     for k in (9, 10):
         (tmp_path / f"{k - 1}_fold{k}" / "metrics.json").unlink()
-    write_sweep_summary(tmp_path)
-    summary = json.loads((tmp_path / f"{TABLE1_NAME}.json").read_text())["settings"][0]
-    assert summary["folds"] == list(range(1, 9)) and summary["missing"] == ["8_fold9", "9_fold10"]
-    assert not (tmp_path / "submission.csv").exists()
+    table, fig4, text = _summary(tmp_path)
+    assert table["columns"][:8] == [f"f{k}" for k in range(1, 9)] and fig4["pooled"]["n_folds"] == 8
+    assert "submission.csv" not in fig4["files"] and not (tmp_path / "submission.csv").exists()
+    assert "Missing (running or killed; not included)" in text and "8_fold9" in text
     assert model_label("inception_650") == "Inception-650" and model_label("uni_224") == "uni-224"
