@@ -39,6 +39,7 @@ from histo_lightning.classifiers.gradient_boosting import (
 )
 from histo_lightning.data.bach import CLASS_NAMES
 from histo_lightning.data.feature_cache import FeatureCache
+from histo_lightning.data.multicrop import ViewSettings
 from histo_lightning.errors import ConfigError
 from histo_lightning.metrics.bach import SETPOINTS
 from histo_lightning.reporting.bach import (
@@ -60,11 +61,54 @@ UNLABELLED_FILE = "unlabelled_probabilities.csv"
 PREDICTED_SUBSETS = ("test", "unlabelled")
 
 
-def is_descriptor_stage(ctx: Any, name: str) -> bool:
-    """Whether stage ``name`` is a predict stage of a :class:`DescriptorExtractor`."""
-    node = ctx.runner.pipeline.stages[name]
+def _is_descriptor_node(node: Any) -> bool:
     target = str((node.get("module") or {}).get("_target_", ""))
     return node.get("kind") == "predict" and target.endswith("DescriptorExtractor")
+
+
+def is_descriptor_stage(ctx: Any, name: str) -> bool:
+    """Whether stage ``name`` is a predict stage of a :class:`DescriptorExtractor`."""
+    return _is_descriptor_node(ctx.runner.pipeline.stages[name])
+
+
+def check_config(cfg: Any) -> None:
+    """``pipeline.checks`` of the rakhlin pipelines: the settings are usable before any data is read.
+
+    The views and LightGBM settings are valid, every descriptor stage that will run names an encoder
+    and a crop size (``experiment=rakhlin_single`` needs ``encoder=<name> crop=<px>``), and a run that
+    classifies has at least one descriptor stage.
+    """
+    rakhlin = cfg.rakhlin
+    try:
+        ViewSettings(**dict(rakhlin.views))
+    except TypeError as err:
+        raise ConfigError(f"rakhlin.views: {err}") from None
+    try:
+        BoostingSettings(**dict(rakhlin.lightgbm))
+    except TypeError as err:
+        raise ConfigError(f"rakhlin.lightgbm: {err}") from None
+    pipeline = cfg.pipeline
+    order = list(pipeline.get("order") or pipeline.stages.keys())
+    running = [n for n in order if pipeline.stages[n].get("enabled", True)]
+    descriptors = [n for n in running if _is_descriptor_node(pipeline.stages[n])]
+    for name in descriptors:
+        module = pipeline.stages[name].module
+        if module.get("encoder") is None:
+            raise ConfigError(
+                f"pipeline.stages.{name}: no encoder; experiment=rakhlin_single needs encoder=<name> "
+                "(resnet50, vgg16_blocks, inception_v3, uni, ...) and crop=<px>"
+            )
+        if module.get("crop_size") is None:
+            raise ConfigError(
+                f"pipeline.stages.{name}: no crop size; experiment=rakhlin_single needs crop=<px> "
+                "(the paper: 400 or 650 on the half-scale image)"
+            )
+    classifies = any(n in running for n in ("lightgbm", "report"))
+    if classifies and not descriptors:
+        raise ConfigError(
+            f"pipeline.order={order} runs no descriptor stage before LightGBM; "
+            f"descriptor stages: {[n for n in pipeline.stages if _is_descriptor_node(pipeline.stages[n])]}"
+        )
 
 
 def descriptor_caches(ctx: Any, stages: Sequence[str] | None = None) -> dict[str, FeatureCache]:
@@ -237,6 +281,7 @@ def report(
 
 
 __all__ = [
+    "check_config",
     "descriptor_caches",
     "fit_lightgbm",
     "is_descriptor_stage",

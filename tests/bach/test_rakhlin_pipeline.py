@@ -163,6 +163,8 @@ def test_descriptor_only_jobs_fill_the_caches_the_full_pipeline_reads(rakhlin_cf
     single = rakhlin_cfg(
         "encoder=lcnet_050",
         "encoder.weights=random",
+        "encoder.take=stages",
+        "encoder.stages=[3,4]",  # as the demo pipeline's lcnet
         "crop=24",
         views,
         name="descriptors_job",
@@ -209,3 +211,17 @@ def test_ddp_ranks_write_disjoint_rows_of_one_cache(small_bach: Path, tmp_path: 
         by_rank.setdefault(rank, set()).update(rows)
     assert set(by_rank) == {"r0", "r1"}
     assert not by_rank["r0"] & by_rank["r1"] and by_rank["r0"] | by_rank["r1"] == set(range(23))
+
+
+def test_missing_encoder_or_crop_is_named_before_any_data_is_read(rakhlin_cfg) -> None:
+    from histo_lightning.errors import ConfigError
+    from histo_lightning.pipelines.runner import PipelineRunner
+
+    with pytest.raises(ConfigError, match="needs encoder=<name>"):
+        PipelineRunner(rakhlin_cfg("crop=400", experiment="rakhlin_single")).check()
+    with pytest.raises(ConfigError, match="needs crop=<px>"):
+        PipelineRunner(rakhlin_cfg("encoder=resnet50", experiment="rakhlin_single")).check()
+    with pytest.raises(ConfigError, match=r"rakhlin\.views"):
+        PipelineRunner(rakhlin_cfg("+rakhlin.views.n_views=3")).check()
+    with pytest.raises(ConfigError, match="runs no descriptor stage"):
+        PipelineRunner(rakhlin_cfg("pipeline.order=[lightgbm,report]")).check()
