@@ -35,9 +35,9 @@ def test_every_experiment_instantiates(experiment: str, make_cfg) -> None:
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
     assert datamodule.fold == cfg.fold and trainer.max_epochs == cfg.trainer.max_epochs
     if "model" not in cfg:  # a pipeline whose stages build their own modules (rakhlin)
-        from histo_lightning.pipelines.runner import PipelineRunner
+        from histo_lightning.pipelines.stages import STAGE_KINDS
 
-        PipelineRunner(cfg).check()  # every stage has a known kind
+        assert all(stage.kind in STAGE_KINDS for stage in cfg.pipeline.stages.values())
         return
     if cfg.task.endswith("run_chsnet"):  # a multi-stage pipeline: one module per stage
         from histo_lightning.pipelines.chsnet import Pipeline
