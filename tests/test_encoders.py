@@ -30,6 +30,13 @@ def test_vgg16_blocks_2_to_5_give_1408_values_taken_before_pooling() -> None:
     assert torch.allclose(descriptors[:, :128], maps[0].mean(dim=(2, 3)), atol=1e-6)
 
 
+@pytest.mark.parametrize("name", ["mobilenetv3_small_050", "lcnet_050", "resnet18"])
+def test_pooled_dim_is_the_pooled_output_width(name: str) -> None:
+    """Models with a head after the pool (MobileNetV3, LCNet) output head_hidden_size, not num_features."""
+    encoder = build_encoder(name, take="pooled")
+    assert encoder(torch.rand(2, 3, 64, 64)).shape == (2, encoder.dim)
+
+
 def test_encoder_is_frozen_and_stays_in_eval_mode() -> None:
     encoder = build_encoder("resnet18", take="pooled")
     encoder.train()

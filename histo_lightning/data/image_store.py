@@ -214,6 +214,45 @@ def _header(path: str) -> ImageInfo | str:
 Preprocess = Callable[[np.ndarray], np.ndarray]
 
 
+def output_shape(preprocess: Preprocess | None, height: int, width: int) -> tuple[int, int]:
+    """The ``(height, width)`` that ``preprocess`` makes of an image of ``(height, width)``.
+
+    A preprocess that changes the image size says so with an ``output_shape(height, width)`` method
+    (e.g. :class:`Rescale`); any other keeps the size.
+    """
+    if preprocess is not None and hasattr(preprocess, "output_shape"):
+        out_height, out_width = preprocess.output_shape(height, width)
+        return int(out_height), int(out_width)
+    return height, width
+
+
+class Rescale:
+    """A cache ``preprocess``: resize by ``scale`` (OpenCV bicubic, as Rakhlin et al. §2.3), then ``then``.
+
+    The output size is ``round(scale · size)`` per side (2048×1536 at 0.5 → 1024×768). ``key()`` names the
+    scale, the interpolation and ``then_key`` (everything ``then`` depends on) for the cache key.
+    """
+
+    def __init__(self, scale: float, then: Preprocess | None = None, then_key: str = "") -> None:
+        if not scale > 0:
+            raise ValueError(f"scale must be positive, got {scale}")
+        if then is not None and not then_key:
+            raise ValueError("a preprocess after the rescale needs a key naming what it depends on")
+        self.scale, self.then, self.then_key = float(scale), then, then_key
+
+    def output_shape(self, height: int, width: int) -> tuple[int, int]:
+        return max(1, round(height * self.scale)), max(1, round(width * self.scale))
+
+    def key(self) -> str:
+        return f"rescale{self.scale:g}-cubic" + (f"+{self.then_key}" if self.then_key else "")
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        height, width = self.output_shape(*image.shape[:2])
+        if (height, width) != image.shape[:2]:
+            image = cv2.resize(image, (width, height), interpolation=cv2.INTER_CUBIC)
+        return image if self.then is None else self.then(image)
+
+
 def _decode_into(
     flat: np.memmap,
     offset: int,
@@ -222,7 +261,10 @@ def _decode_into(
     path: str,
     preprocess: Preprocess | None = None,
 ) -> str | None:
-    """Decode ``path`` (then ``preprocess`` it) into ``flat`` at ``offset``; the error text if unreadable."""
+    """Decode ``path`` (then ``preprocess`` it) into ``flat`` at ``offset``; the error text if unreadable.
+
+    ``height, width`` are the file header's; the stored image has :func:`output_shape` of them.
+    """
     try:
         pixels = read_rgb(path)
     except CorruptImageError as err:
@@ -230,10 +272,11 @@ def _decode_into(
     if pixels.shape != (height, width, 3):
         return f"decoded shape {pixels.shape} differs from header {(height, width, 3)}"
     if preprocess is not None:
+        expected = (*output_shape(preprocess, height, width), 3)
         pixels = preprocess(pixels)
-        if pixels.shape != (height, width, 3) or pixels.dtype != np.uint8:
+        if pixels.shape != expected or pixels.dtype != np.uint8:
             raise ValueError(
-                f"preprocess must keep (H, W, 3) uint8, got {pixels.shape} {pixels.dtype}"
+                f"preprocess must return {expected} uint8, got {pixels.shape} {pixels.dtype}"
             )
     flat[offset : offset + pixels.size] = pixels.reshape(-1)
     return None
@@ -284,7 +327,9 @@ class MemmapImageCache:
     Use :meth:`build_or_open`. Indexing returns a read-only ``(H, W, 3)`` view. The memmap is opened lazily
     in each process, so the object pickles cheaply into DataLoader workers. An optional ``preprocess``
     (e.g. stain normalisation) is applied once, when the cache is built; its ``preprocess_key`` (everything
-    that determines its output) enters the cache key, so differently preprocessed caches never mix.
+    that determines its output) enters the cache key, so differently preprocessed caches never mix. A
+    preprocess may change the image size if it has an ``output_shape`` method (:class:`Rescale`): the
+    cache then holds the resized images (``shapes`` are theirs).
     """
 
     def __init__(self, folder: Path) -> None:
@@ -336,6 +381,7 @@ class MemmapImageCache:
     ) -> None:
         what = f"decoding and preprocessing ({preprocess_key})" if preprocess else "decoding"
         log.info(f"Image cache: {what} {len(paths)} images once into {folder}")
+        headers = np.zeros((len(paths), 2), dtype=np.int64)
         shapes = np.zeros((len(paths), 2), dtype=np.int64)
         bad: dict[int, str] = {}
         notes: dict[int, str] = {}
@@ -343,7 +389,8 @@ class MemmapImageCache:
             if isinstance(result, str):
                 bad[i] = result
             else:
-                shapes[i] = (result.height, result.width)
+                headers[i] = (result.height, result.width)
+                shapes[i] = output_shape(preprocess, result.height, result.width)
                 if result.note:
                     notes[i] = result.note
         sizes = shapes[:, 0] * shapes[:, 1] * 3
@@ -356,8 +403,8 @@ class MemmapImageCache:
                 (
                     flat,
                     int(offsets[i]),
-                    int(shapes[i, 0]),
-                    int(shapes[i, 1]),
+                    int(headers[i, 0]),
+                    int(headers[i, 1]),
                     str(paths[i]),
                     preprocess,
                 )

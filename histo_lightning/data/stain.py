@@ -16,12 +16,18 @@ tissue pixels (blank or almost blank) is returned unchanged, and :meth:`estimate
 
 :meth:`MacenkoNormalizer.key` names everything that determines the output (version, parameters, target),
 for cache keys (:class:`~histo_lightning.data.image_store.MemmapImageCache` ``preprocess_key``).
+
+H&E colour augmentation (Rakhlin et al. §2.3, after Ruifrok & Johnston 2001): :func:`scale_he` decomposes
+an RGB image into hematoxylin, eosin and residual optical densities with Ruifrok's matrix, multiplies the
+H and E concentrations by two factors and recomposes it; :func:`scale_he_batch` is the same maths in torch
+for batches of crops on the device that runs the encoder; :func:`he_concentrations` is the decomposition.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -202,11 +208,123 @@ def build_normalizer(method: str, target: str | None = None) -> MacenkoNormalize
     return MacenkoNormalizer() if target is None else MacenkoNormalizer.from_image(target)
 
 
+# ---- H&E colour augmentation (Rakhlin et al. §2.3; Ruifrok & Johnston 2001) ---------------------------------
+
+# Rows: optical densities (R, G, B) of hematoxylin, eosin and the third vector of Ruifrok's H-E-DAB matrix,
+# which on H&E slides holds what the two stains do not explain (the residual). These are the values of
+# Rakhlin et al.'s code (Ruifrok's unit vectors rounded to two decimals); concentrations are ``OD · M⁻¹``
+# with the exact inverse (their code used the inverse rounded to two decimals, so that their h = e = 1 was
+# not an exact identity).
+RUIFROK_STAIN_MATRIX = np.array(
+    [[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=np.float64
+)
+RUIFROK_IO = 240.0
+# ``concentrations``: scale the H and E concentrations (the paper's §2.3, the authors' code since 2020).
+# ``rakhlin2018``: the published results' code, which multiplied the recomposed optical densities of the
+# red and green channels by h and e (``(C·M) * (h, e, 1)`` instead of ``(C * (h, e, 1))·M``), i.e. an
+# RGB optical-density jitter that shifts hue along red/green rather than the amount of each stain.
+HE_MODES = ("concentrations", "rakhlin2018")
+_RUIFROK_INVERSE = np.linalg.inv(RUIFROK_STAIN_MATRIX)
+
+
+def _check_he_mode(mode: str) -> None:
+    if mode not in HE_MODES:
+        raise ConfigError(f"H&E augmentation mode {mode!r}: expected one of {', '.join(HE_MODES)}")
+
+
+def he_concentrations(image: np.ndarray, io: float = RUIFROK_IO) -> np.ndarray:
+    """``(H, W, 3)`` uint8 RGB → ``(H, W, 3)`` float64 concentrations of H, E and the residual.
+
+    ``OD = -log10((I + 1) / Io)`` per channel (the ``+ 1`` keeps black pixels finite), ``C = OD · M⁻¹``
+    with ``M`` = :data:`RUIFROK_STAIN_MATRIX`.
+    """
+    od = -np.log10((np.asarray(image, dtype=np.float64) + 1.0) / io)
+    return od @ _RUIFROK_INVERSE
+
+
+def scale_he(
+    image: np.ndarray, h: float, e: float, mode: str = "concentrations", io: float = RUIFROK_IO
+) -> np.ndarray:
+    """Rakhlin et al.'s colour augmentation of one ``(H, W, 3)`` uint8 RGB image (§2.3).
+
+    Decomposes the image into H, E and residual concentrations (:func:`he_concentrations`), multiplies
+    H by ``h`` and E by ``e`` (residual unchanged), recomposes ``OD' = C' · M`` and
+    ``I' = Io · 10^(-OD') - 1``, rounded and clipped to uint8. With ``h = e = 1`` it returns the image
+    exactly. ``mode="rakhlin2018"`` reproduces the code behind the paper's published numbers, which
+    scaled the red and green optical densities instead (see :data:`HE_MODES`).
+
+    The authors' code truncated to uint8 where this rounds (their output is on average half a grey level
+    darker) and used a two-decimal inverse of ``M``.
+    """
+    _check_he_mode(mode)
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {image.shape} {image.dtype}")
+    od = -np.log10((image.astype(np.float64) + 1.0) / io)
+    od = od @ _he_transform(float(h), float(e), mode)
+    rgb = io * np.exp(-np.log(10.0) * od) - 1.0
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+
+
+def _he_transform(h: float, e: float, mode: str) -> np.ndarray:
+    """The 3×3 matrix ``T`` with ``OD' = OD · T`` (row vectors) of :func:`scale_he`.
+
+    ``concentrations``: ``C = OD · M⁻¹``, ``C' = C · diag(h, e, 1)``, ``OD' = C' · M``, so
+    ``T = M⁻¹ · diag(h, e, 1) · M``. ``rakhlin2018``: ``OD' = (C · M) · diag(h, e, 1) = OD · diag(h, e, 1)``.
+    """
+    factors = np.array([h, e, 1.0], dtype=np.float64)
+    if mode == "concentrations":
+        return _RUIFROK_INVERSE @ (factors[:, None] * RUIFROK_STAIN_MATRIX)
+    return np.diag(factors)
+
+
+def scale_he_batch(
+    images: Tensor,
+    h: Tensor,
+    e: Tensor,
+    mode: str = "concentrations",
+    io: float = RUIFROK_IO,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """:func:`scale_he` for a batch ``(B, 3, H, W)`` uint8 (channels first) with per-image ``h, e`` ``(B,)``.
+
+    Runs on the images' device in ``dtype``; in float64 it equals :func:`scale_he` exactly, in float32 a
+    pixel can differ by one grey level where the exact value lies within float32 error of a rounding edge.
+    Returns ``(B, 3, H, W)`` uint8.
+    """
+    _check_he_mode(mode)
+    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(
+            f"expected (B, 3, H, W) uint8 images, got {tuple(images.shape)} {images.dtype}"
+        )
+    batch = images.shape[0]
+    device = images.device
+    ones = torch.ones(batch, dtype=dtype, device=device)
+    factors = torch.stack([h.to(device, dtype), e.to(device, dtype), ones], dim=1)  # (B, 3)
+    stains = torch.as_tensor(RUIFROK_STAIN_MATRIX, dtype=dtype, device=device)
+    inverse = torch.as_tensor(_RUIFROK_INVERSE, dtype=dtype, device=device)
+    if mode == "concentrations":  # one 3×3 matrix per image, as _he_transform
+        transform = inverse[None] @ (factors[:, :, None] * stains[None])  # (B, 3, 3)
+    else:
+        transform = torch.diag_embed(factors)
+    # OD = -log10((I + 1) / Io) per channel; OD' = OD · T per pixel; I' = Io · 10^(-OD') - 1
+    od = images.to(dtype).add_(1.0).div_(io).log10_().neg_().reshape(batch, 3, -1)
+    od = transform.transpose(1, 2) @ od
+    rgb = od.mul_(-math.log(10.0)).exp_().mul_(io).sub_(1.0).reshape(images.shape)
+    return rgb.round_().clamp_(0, 255).to(torch.uint8)
+
+
 __all__ = [
+    "HE_MODES",
     "NORMALIZER_VERSION",
     "REFERENCE_MAX_CONCENTRATIONS",
     "REFERENCE_STAIN_MATRIX",
+    "RUIFROK_IO",
+    "RUIFROK_STAIN_MATRIX",
     "MacenkoNormalizer",
     "StainEstimate",
     "build_normalizer",
+    "he_concentrations",
+    "scale_he",
+    "scale_he_batch",
 ]

@@ -132,7 +132,9 @@ class FrozenEncoder(nn.Module):
             return int(sum(infos[i]["num_chs"] for i in self.stages))
         if self.take == "cls_mean":
             return 2 * int(self.backbone.num_features)
-        return int(self.backbone.num_features)
+        # the pooled output is the pre-logits features: wider than num_features where a head
+        # convolution or MLP follows the pool (MobileNetV3 1024, LCNet 1280, VGG's fc6/fc7 4096)
+        return int(getattr(self.backbone, "head_hidden_size", None) or self.backbone.num_features)
 
     def normalise(self, images: Tensor) -> Tensor:
         """Float images in [0, 1] (uint8 scaled by 1/255), normalised by the encoder's mean and std."""

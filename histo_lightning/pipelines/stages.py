@@ -24,6 +24,8 @@ after too).
     ``features``), ``dtype`` (float16|float32), ``shared`` (true: a keyed cache under
     ``paths.cache_dir/features`` that other runs and folds reuse; false: ``<stage>/features``), ``path`` (an
     explicit cache folder; refused when it holds another producer's features), ``flush_every``.
+    A module with a ``feature_shape()`` method (one sample's output shape) is not run on a sample to find
+    it (expensive modules; stages whose rows are all cached then compute nothing at all).
     Callbacks with an ``on_features_ready(cache, ctx)`` method (e.g. hard-example mining) are called with
     the complete cache, also when every row was cached already.
 ``function``
@@ -279,6 +281,9 @@ class PredictStage(Stage):
         )
 
     def probe_shape(self, module: pl.LightningModule, dataset: Any, key: str) -> tuple[int, ...]:
+        declared = getattr(module, "feature_shape", None)
+        if callable(declared):  # the module knows its output shape: nothing computed to find it
+            return tuple(int(s) for s in declared())
         batch = _collate(dataset)([dataset[0]])
         was_training = module.training
         module.eval()

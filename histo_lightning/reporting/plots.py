@@ -122,3 +122,46 @@ def log_image(loggers: Sequence[Any], key: str, path: Path, step: int = 0) -> No
         elif isinstance(logger, TensorBoardLogger):
             pixels = plt.imread(path)[..., :3]
             logger.experiment.add_image(key, pixels, global_step=step, dataformats="HWC")
+
+
+def roc_setpoints_figure(
+    positive: np.ndarray,
+    scores: np.ndarray,
+    setpoints: Sequence[float] = (),
+    title: str = "ROC",
+    positive_name: str = "positive",
+) -> Figure:
+    """One ROC curve of a binary score, with the operating points at ``setpoints`` marked (a sample is
+    called positive when its score ``>= setpoint``) and their sensitivity/specificity in the legend."""
+    positive = np.asarray(positive, dtype=bool)
+    scores = np.asarray(scores, dtype=np.float64)
+    fig, ax = plt.subplots(figsize=(5, 5))
+    if positive.any() and not positive.all():
+        fpr, tpr, _ = roc_curve(positive.astype(int), scores)
+        ax.plot(fpr, tpr, lw=2, color="black", label=f"{positive_name} (AUC {auc(fpr, tpr):.3f})")
+        colours = ["tab:green", "tab:blue", "tab:orange", "tab:red", "tab:purple"]
+        for i, setpoint in enumerate(setpoints):
+            called = scores >= setpoint
+            sensitivity = (called & positive).sum() / positive.sum()
+            specificity = (~called & ~positive).sum() / (~positive).sum()
+            ax.plot(
+                1 - specificity,
+                sensitivity,
+                "o",
+                ms=9,
+                color=colours[i % len(colours)],
+                label=f"setpoint {setpoint:g}: sens {sensitivity:.1%}, spec {specificity:.1%}",
+            )
+    else:
+        ax.text(0.5, 0.5, "one class only: no ROC", ha="center", va="center")
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
+    ax.set(
+        xlabel="False positive rate (1 - specificity)",
+        ylabel="True positive rate (sensitivity)",
+        title=title,
+        xlim=(0, 1),
+        ylim=(0, 1.01),
+    )
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return fig

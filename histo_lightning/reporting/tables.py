@@ -15,6 +15,8 @@ Each method registers its layouts (:func:`register_table`) in its own module, li
 * :mod:`histo_lightning.reporting.chsnet_tables`: ``chsnet.table2`` … ``chsnet.table4`` (Ma et al.,
   CHS-Net Tables 2–4);
 * :mod:`histo_lightning.reporting.mil_tables`: ``mil.table1``, ``mil.table2`` (Li et al., Tables 1–2).
+* :mod:`histo_lightning.reporting.rakhlin_tables`: ``rakhlin.table1``, ``rakhlin.fig4`` (Rakhlin et al.,
+  Table 1 and the pooled 2-class numbers of §3 / Fig. 4).
 
 A new method adds a module with its ``@register_table("<method>", "<table>")`` builders (each takes the
 list of :class:`~histo_lightning.reporting.sweep.Job` and returns :func:`table_result`) to
@@ -44,6 +46,7 @@ METHOD_MODULES = (
     "histo_lightning.reporting.smse_tables",
     "histo_lightning.reporting.chsnet_tables",
     "histo_lightning.reporting.mil_tables",
+    "histo_lightning.reporting.rakhlin_tables",
 )
 
 TableBuilder = Callable[[list[Job]], dict[str, Any]]
