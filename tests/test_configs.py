@@ -42,7 +42,9 @@ def test_every_experiment_instantiates(experiment: str, make_cfg) -> None:
             continue
         module = hydra.utils.instantiate(stage.module)
         monitor = stage.get("monitor") or module.hparams.get("monitor")
-        assert monitor == (cfg.get("model") or {}).get("monitor", monitor), f"stage {name} monitors {monitor}"
+        assert monitor == (cfg.get("model") or {}).get("monitor", monitor), (
+            f"stage {name} monitors {monitor}"
+        )
 
 
 @pytest.mark.parametrize("model", _options("model"))

@@ -61,7 +61,9 @@ class ImageClassifier(SupervisedModule):
     def forward(self, images: Tensor) -> Tensor:
         return self.net(self.prepare_images(images))
 
-    def predict_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
+    def predict_step(
+        self, batch: Batch, batch_idx: int, dataloader_idx: int = 0
+    ) -> dict[str, Tensor]:
         """``{"index", "probs"}`` and, for a net with ``embed()`` (PNN1/PNN2, TimmClassifier), ``"embedding"``:
         what predict stages store in a feature cache (e.g. SMSE Fig. 10's embeddings)."""
         images = self.prepare_images(batch["image"])

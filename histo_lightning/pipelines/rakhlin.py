@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from histo_lightning.reporting.plots import log_image
 from histo_lightning.classifiers.gradient_boosting import (
     BoostingJob,
     BoostingSettings,
@@ -49,6 +48,7 @@ from histo_lightning.reporting.bach import (
     write_report,
     write_submission,
 )
+from histo_lightning.reporting.plots import log_image
 from histo_lightning.utils.io import atomic_path
 from histo_lightning.utils.logging import get_logger
 

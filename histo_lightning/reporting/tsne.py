@@ -71,7 +71,9 @@ def tsne_figure(
     return fig
 
 
-def tsne_stage(ctx: Any, embeddings: Sequence[str] = ("embed_train", "embed_test"), seed: int = 0) -> dict:
+def tsne_stage(
+    ctx: Any, embeddings: Sequence[str] = ("embed_train", "embed_test"), seed: int = 0
+) -> dict:
     """SMSE Fig. 10 as a pipeline function: t-SNE maps of the embeddings the predict stages cached.
 
     ``embeddings`` names the predict stages (one panel each, titled by their ``subset``); their feature
@@ -101,4 +103,7 @@ def tsne_stage(ctx: Any, embeddings: Sequence[str] = ("embed_train", "embed_test
     )
     path = save_figure(fig, ctx.dir / "plots" / "tsne.png")
     log_image(ctx.loggers, "tsne", path)
-    return {"outputs": {"plot": "plots/tsne.png"}, "points": {k: len(v[1]) for k, v in panels.items()}}
+    return {
+        "outputs": {"plot": "plots/tsne.png"},
+        "points": {k: len(v[1]) for k, v in panels.items()},
+    }
