@@ -118,7 +118,7 @@ def corrupt_image(trees: Trees) -> tuple[list, list]:
     root = trees.copy("tupac")
     image = _first(root / "mitoses_image_data", "*.tif")
     image.write_bytes(image.read_bytes()[:300])
-    return [*CHSNET, f"dataset.root={root}"], [f"unreadable image {image}", "dataset.on_corrupt"]
+    return [*CHSNET, f"dataset.root={root}"], [f"unreadable HPF {image}", "dataset.on_corrupt"]
 
 
 def _folds(trees: Trees, edit: Callable[[Path], None]) -> tuple[list, Path]:

@@ -23,10 +23,9 @@ import pandas as pd
 import pytorch_lightning as pl
 
 from histo_lightning.callbacks.collect import TestOutputCollector
-from histo_lightning.callbacks.test_report import log_image
 from histo_lightning.data.image_store import read_rgb
 from histo_lightning.reporting.mil_plots import heatmap_figure
-from histo_lightning.reporting.plots import save_figure
+from histo_lightning.reporting.plots import log_image, save_figure
 from histo_lightning.utils.io import atomic_path
 from histo_lightning.utils.logging import get_logger
 
@@ -130,7 +129,9 @@ class MILTestReport(TestOutputCollector):
             )
             path = save_figure(fig, out / "heatmaps" / f"{row['patient']}.png")
             if trainer is not None and n < self.log_heatmaps:
-                log_image(trainer, f"test/heatmap/{row['patient']}", path)
+                log_image(
+                    trainer.loggers, f"test/heatmap/{row['patient']}", path, trainer.global_step
+                )
         log.info(
             f"MIL test report: {len(records)} bags in {out / 'predictions.csv'}, "
             f"{limit} heatmaps in {out / 'heatmaps'}"

@@ -45,7 +45,7 @@ from histo_lightning.data.bags import (
     InstanceDataset,
 )
 from histo_lightning.data.base import BaseDataModule, settings_dict
-from histo_lightning.data.instance_store import Bags
+from histo_lightning.data.instance_store import Bags, InstanceStore
 from histo_lightning.errors import ConfigError
 from histo_lightning.mil.folds import bag_table, repeat_spec
 from histo_lightning.utils.logging import get_logger
@@ -343,4 +343,30 @@ class BagDataModule(BaseDataModule):
         return info
 
 
-__all__ = ["BAG_SUBSETS", "HEATMAP_STYLES", "INSTANCES", "BagDataModule", "subset_counts"]
+class ImageBagDataModule(BagDataModule):
+    """A bag data module whose bags are images of a scanned folder (Colon, UCSB).
+
+    ``read_bags`` of a subclass sets ``self.scan`` (its reader's result, with an ``images`` table holding
+    each bag's ``path`` in bag order) and returns an :class:`InstanceStore`, whose folder name is the key
+    of the data (the store is keyed by everything that built it).
+    """
+
+    scan: Any = None
+
+    def image_path(self, bag: int) -> Path | None:
+        assert self.scan is not None
+        return Path(self.scan.images["path"].iloc[bag])
+
+    def data_key(self) -> str:
+        assert isinstance(self.bags, InstanceStore)
+        return self.bags.folder.name
+
+
+__all__ = [
+    "BAG_SUBSETS",
+    "HEATMAP_STYLES",
+    "INSTANCES",
+    "BagDataModule",
+    "ImageBagDataModule",
+    "subset_counts",
+]

@@ -47,7 +47,7 @@ import pandas as pd
 import scipy.io
 from PIL import Image
 
-from histo_lightning.data.bag_datamodule import BagDataModule
+from histo_lightning.data.bag_datamodule import ImageBagDataModule
 from histo_lightning.data.image_store import BadImage, files_key, read_rgb
 from histo_lightning.data.instance_store import Bag, InstanceStore, relative_origin
 from histo_lightning.errors import ConfigError, CorruptImageError, DatasetLayoutError
@@ -348,7 +348,7 @@ def build_colon_store(
     )
 
 
-class ColonDataModule(BagDataModule):
+class ColonDataModule(ImageBagDataModule):
     """Colon cancer bags for one fold (Li et al. §4.0.1: 10-fold CV over the 100 images, five repetitions).
 
     Args:
@@ -397,14 +397,6 @@ class ColonDataModule(BagDataModule):
         return build_colon_store(
             scan, self.cache_dir / "instances", self.patch, self.border, name=self.name
         )
-
-    def image_path(self, bag: int) -> Path | None:
-        assert self.scan is not None
-        return Path(self.scan.images["path"].iloc[bag])
-
-    def data_key(self) -> str:
-        assert isinstance(self.bags, InstanceStore)
-        return self.bags.folder.name
 
     def sample_settings(self) -> dict[str, Any]:
         return {

@@ -58,7 +58,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from histo_lightning.data.bag_datamodule import BagDataModule
+from histo_lightning.data.bag_datamodule import ImageBagDataModule
 from histo_lightning.data.image_store import files_key, read_rgb
 from histo_lightning.data.instance_store import UNKNOWN, Bag, InstanceStore, relative_origin
 from histo_lightning.errors import ConfigError, DatasetLayoutError
@@ -411,7 +411,7 @@ def filter_summary(store: InstanceStore) -> dict[str, Any]:
     return out
 
 
-class UcsbDataModule(BagDataModule):
+class UcsbDataModule(ImageBagDataModule):
     """UCSB breast bags for one fold (Li et al. §4.0.1: 4-fold CV over the 58 images, five repetitions).
 
     Args:
@@ -444,14 +444,6 @@ class UcsbDataModule(BagDataModule):
         return build_ucsb_store(
             scan, self.cache_dir / "instances", self.patching, truth, name=self.name
         )
-
-    def image_path(self, bag: int) -> Path | None:
-        assert self.scan is not None
-        return Path(self.scan.images["path"].iloc[bag])
-
-    def data_key(self) -> str:
-        assert isinstance(self.bags, InstanceStore)
-        return self.bags.folder.name
 
     def sample_settings(self) -> dict[str, Any]:
         return {**super().sample_settings(), "patching": self.patching.__dict__}

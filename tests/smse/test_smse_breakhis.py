@@ -41,7 +41,8 @@ def test_smse_breakhis_triplets_end_to_end(make_cfg) -> None:
     train_cache = FeatureCache.reopen(out / "03_embed_train" / "features")
     assert train_cache.shape[1:] == (12,)  # Table I: 12-d embedding
     test_cache = FeatureCache.reopen(out / "04_embed_test" / "features")
-    assert len(test_cache.done_indices()) == len(test_cache.manifest) > 0
+    # debug=smoke predicts at most limit_predict_batches=2 batches of eval_batch_size=8
+    assert len(test_cache.done_indices()) == min(len(test_cache.manifest), 2 * 8) > 0
     assert {"label", "group", "patient", "origin"} <= set(test_cache.manifest.columns)
     history = next(out.rglob("metrics.csv")).read_text()
     assert "train/embed_loss" in history and "train/cls_loss" in history
