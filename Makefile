@@ -36,12 +36,13 @@ format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-## bench: loader vs train-step throughput; CHS-Net cascade detection speed; PAIP slide sampler speed; MIL bags
+## bench: loader vs train-step throughput; CHS-Net cascade detection speed; PAIP slide sampler speed; MIL bags; Rakhlin descriptors vs pure forward
 bench: install
 	$(PY) bench/loader_vs_step.py
 	$(PY) bench/paip_sampler.py
 	$(PY) bench/chsnet_detection.py
 	$(PY) bench/mil_bags.py
+	$(PY) bench/rakhlin_descriptors.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache logs
