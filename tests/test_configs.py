@@ -25,9 +25,18 @@ def _compose(overrides: list[str], hydra_cfg: bool = False):
         return compose(config_name="train", overrides=overrides, return_hydra_config=hydra_cfg)
 
 
+#: what an experiment needs on the command line to compose into a runnable job
+REQUIRED_OVERRIDES = {
+    "rakhlin_single": ["encoder=resnet50", "crop=400"],
+    "rakhlin_descriptors": ["encoder=resnet50", "crop=400"],
+}
+
+
 @pytest.mark.parametrize("experiment", _options("experiment"))
 def test_every_experiment_instantiates(experiment: str, make_cfg) -> None:
-    cfg = make_cfg([f"experiment={experiment}", "trainer=cpu"])
+    cfg = make_cfg(
+        [f"experiment={experiment}", "trainer=cpu", *REQUIRED_OVERRIDES.get(experiment, [])]
+    )
     assert cfg.task_name != "train", "experiments name their runs"
     datamodule = hydra.utils.instantiate(cfg.dataset)
     callbacks = instantiate_callbacks(cfg.callbacks)
@@ -49,6 +58,16 @@ def test_every_experiment_instantiates(experiment: str, make_cfg) -> None:
 
 @pytest.mark.parametrize("model", _options("model"))
 def test_every_model_runs_a_batch(model: str, make_cfg) -> None:
+    if model.startswith("mil_"):  # bag models: a padded batch of two digit bags (3 and 5 instances)
+        cfg = make_cfg(["dataset=digits_bags", "loss=bag_bce", f"model={model}"])
+        module = hydra.utils.instantiate(cfg.model)
+        instances, mask = torch.rand(2, 5, 1, 8, 8), torch.ones(2, 5, dtype=torch.bool)
+        mask[0, 3:] = False
+        out = module(instances, mask)
+        assert out["prob"].shape == (2,) and torch.all((out["prob"] > 0) & (out["prob"] < 1))
+        module.loss(out["prob"], torch.tensor([0.0, 1.0])).backward()
+        assert isinstance(module.configure_optimizers(), (torch.optim.Optimizer, dict))
+        return
     cfg = make_cfg([*SMOKE, f"model={model}"])
     if model == "chsnet":  # the pipeline's stage modules, on 128 x 128 mitosis patches
         cfg.model.net.width = 0.125
