@@ -58,7 +58,7 @@ def _fit(nan_batches: set[int], patience: int, tmp_path) -> _Regression:
 
 def test_first_nan_loss_stops_the_fit_naming_stage_epoch_and_batch(tmp_path) -> None:
     with pytest.raises(NonFiniteLossError) as caught:
-        _fit({3}, patience=1, tmp_path=tmp_path)
+        _fit({3}, patience=1, tmp_path=tmp_path / "01_screening")  # a stage folder of the runner
     message = str(caught.value)
     assert isinstance(caught.value, HistoError)
     assert "loss is nan in stage screening, epoch 0, batch 3" in message
