@@ -116,6 +116,11 @@ class Stage:
             best = self.ctx.result(source).info.get("best_checkpoint")
             where = str(self.ctx.result(source).dir / best) if best else f"stage {source}"
             return self.ctx.module(source), where
+        if source:
+            order = self.ctx.runner.stage_order()
+            earlier = order[: order.index(self.ctx.name)] if self.ctx.name in order else []
+            if source not in earlier:
+                self.ctx.result(source)  # raises: a later, unknown or misspelt stage
         if source and ckpt_path:
             module = build_stage_module(self.ctx.runner, source)
             load_weights(module, ckpt_path, key="ckpt_path")
