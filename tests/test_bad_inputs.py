@@ -258,7 +258,24 @@ def _run(args: list[str], tmp: Path) -> Outcome:
     return Outcome(result.returncode, result.stderr, logs, errors)
 
 
-@pytest.mark.parametrize("case", CATALOGUE, ids=[c.__name__ for c in CATALOGUE])
+#: one case per kind of check runs in the fast suite (command line, data layout, image, training,
+#: checkpoint); every case runs in ``make test-all`` (each is a run.py subprocess, ~15 s here)
+FAST_CASES = {
+    missing_root,
+    misspelt_override_key,
+    corrupt_image,
+    nan_loss,
+    checkpoint_that_needs_pickle,
+}
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        pytest.param(c, id=c.__name__, marks=() if c in FAST_CASES else pytest.mark.slow)
+        for c in CATALOGUE
+    ],
+)
 def test_bad_input_is_one_line_naming_what_was_expected(case, trees: Trees) -> None:
     args, expected = case(trees)
     out = _run(args, trees.tmp)

@@ -147,6 +147,7 @@ def test_ddp_cpu_trains_and_tests_with_two_processes(
     assert ddp_metrics == pytest.approx(single, abs=1e-5)
 
 
+@pytest.mark.slow  # a kill through run.py; resume is covered fast by test_train's interrupted fit
 def test_killed_run_resumes_from_last_ckpt(data_dir: Path, tmp_path: Path) -> None:
     logs = tmp_path / "logs"
     args = [
@@ -183,6 +184,7 @@ def test_killed_run_resumes_from_last_ckpt(data_dir: Path, tmp_path: Path) -> No
     assert "resuming from" in (run_dir / "run.log").read_text()
 
 
+@pytest.mark.slow  # two DDP processes inside a sweep job; test_ddp_cpu_trains_and_tests_with_two_processes stays fast
 def test_ddp_inside_a_multirun_job(data_dir: Path, tmp_path: Path) -> None:
     logs = tmp_path / "logs"
     result = run_cli(["-m", *_common(data_dir, logs), "trainer=ddp_cpu", "fold=2"])

@@ -28,10 +28,15 @@ def _args(data_dir: Path, logs: Path) -> list[str]:
 @pytest.mark.parametrize(
     "launcher",
     [
-        ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
-        ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10"],
+        pytest.param(
+            ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
+            marks=pytest.mark.slow,
+            id="joblib",
+        ),
+        pytest.param(
+            ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10"], id="submitit_local"
+        ),
     ],
-    ids=["joblib", "submitit_local"],
 )
 def test_launcher_runs_folds_and_summarises(
     launcher: list[str], data_dir: Path, tmp_path: Path

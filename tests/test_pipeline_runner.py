@@ -177,6 +177,7 @@ def _toy_config_dir(root: Path) -> Path:
     return root
 
 
+@pytest.mark.slow  # two DDP processes through every stage kind
 def test_every_rank_runs_the_stages_under_ddp(tmp_path: Path) -> None:
     from tests.conftest import run_cli
 
