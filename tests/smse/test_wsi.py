@@ -196,7 +196,7 @@ def test_patch_index_is_cached_by_everything_that_made_it(tmp_path: Path) -> Non
     load_or_sample_patches(slide, mask, tmp_path, cache, PatchSpec(**{**spec.__dict__, "seed": 1}))
     load_or_sample_patches(slide, None, tmp_path, cache, spec)
     assert len(list(cache.glob("*.csv"))) == 3  # another seed, no mask: other indexes, never mixed
-    sidecar = next(cache.glob("*.json"))
+    sidecar = next(p for p in cache.glob("*.json") if p.name != "cache.json")  # not the cache's own
     description = json.loads(sidecar.read_text())
     description["spec"]["n_per_slide"] = 999
     sidecar.write_text(json.dumps(description))
