@@ -122,6 +122,7 @@ def test_marker(tiny_root: Path) -> None:
     assert "not BreakHis" in marker["note"]
 
 
+@pytest.mark.slow  # generates the tiny tree again with 1 and 3 workers (~50 s)
 def test_same_bytes_for_any_worker_count(tiny_root: Path, tmp_path: Path) -> None:
     again = generate_breakhis(tmp_path / "two_workers", TINY, workers=2, progress=False)
     assert _digests(again) == _digests(tiny_root)
