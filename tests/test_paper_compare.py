@@ -101,7 +101,10 @@ def test_compare_writes_rows_beside_the_paper_and_a_self_contained_page(
     [(_, tables_md)] = write_report([sweep], ["smse.table6"])
     assert "### Sun et al., Table VI beside `smse.table6`" in tables_md.read_text()
     _, cv_md = write_summary(sweep)
-    assert "paper_vs_ours.md" in cv_md.read_text() and "Sun et al., Table VI" in cv_md.read_text()
+    assert (
+        "`paper_vs_ours.md` and `paper_vs_ours.html` of this sweep (Sun et al.)"
+        in cv_md.read_text()
+    )
 
 
 def test_a_real_and_a_synthetic_sweep_together_and_a_sweep_no_paper_covers(tmp_path: Path) -> None:

@@ -143,7 +143,7 @@ def summarize(sweep_dir: str | Path, ddof: int = 0) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "sweep_dir": str(sweep_dir),
         "synthetic_data": synthetic_data(jobs),
-        "paper_tables": [t.title for t in papers],
+        "papers": sorted({t.paper.short for t in papers}),
         "common_overrides": common,
         "std_kind": f"{'population' if ddof == 0 else 'sample'} standard deviation (ddof={ddof})",
         "metrics": names,
@@ -204,11 +204,11 @@ def to_markdown(summary: dict[str, Any], digits: int = 3) -> str:
             missing = ", ".join(f"fold {m['fold']} ({m['dir']})" for m in group["missing"])
             parts.append(f"Missing (running or killed; not included): {missing}")
     parts.append(f"± is the {summary['std_kind']} over folds.")
-    if summary.get("paper_tables"):
+    if summary.get("papers"):
         parts.append(
             "Against the papers (ours, the published value with its citation, the difference, inside "
-            "or outside the paper's spread): `paper_vs_ours.md` and `paper_vs_ours.html` of this sweep, "
-            f"for {', '.join(summary['paper_tables'])}."
+            "or outside the paper's spread): `paper_vs_ours.md` and `paper_vs_ours.html` of this sweep "
+            f"({', '.join(summary['papers'])})."
         )
     return "\n\n".join(parts) + "\n"
 
