@@ -406,7 +406,7 @@ def collect_plots(report: dict[str, Any]) -> tuple[list[tuple[str, Path]], list[
     for job in report["jobs"]:
         if job.status != FINISHED:
             continue
-        own = sorted(job.dir.glob("*.png")) + sorted(job.dir.glob("*/*.png"))
+        own = [p for depth in ("*", "*/*", "*/*/*") for p in sorted(job.dir.glob(f"{depth}.png"))]
         own = [p for p in own if "heatmaps" not in p.parts]
         candidates += [(str(p.relative_to(job.dir.parent)), p) for p in own[:PLOTS_PER_JOB]]
     chosen, left_out, used = [], [], 0
