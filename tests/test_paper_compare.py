@@ -15,6 +15,7 @@ import yaml
 from histo_lightning.reporting.compare import compare_sweeps, main, notes
 from histo_lightning.reporting.cv_summary import write_summary
 from histo_lightning.reporting.hydra_callbacks import PaperComparisonCallback
+from histo_lightning.reporting.sweep import read_job
 from histo_lightning.reporting.tables import write_report
 
 # SMSE Table VI as printed (%): RR, ACC, F1 benign, F1 malignant per fold
@@ -60,7 +61,9 @@ def test_compare_writes_rows_beside_the_paper_and_a_self_contained_page(
         # fold 3 lands 25 points below the paper's RR
         shifted = (values[0] - 25.0, *values[1:]) if fold == 3 else values
         smse_job(sweep, fold, shifted)
-    smse_job(sweep, 5, None)  # killed: the paper's fold 5 row is missing
+    killed = smse_job(sweep, 5, None)  # killed: the paper's fold 5 row is missing
+    # no run_info.json: the config's dataset.synthetic says
+    assert read_job(killed).synthetic is True
     (sweep / "tsne.png").write_bytes(PNG)
     main([str(sweep)])
     md = (sweep / "paper_vs_ours.md").read_text()
