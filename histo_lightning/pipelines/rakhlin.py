@@ -10,9 +10,12 @@ one per (encoder, crop size) model, each filling a shared feature cache over eve
   run train in ``n_jobs`` parallel processes and are saved as LightGBM text files under
   ``<stage>/models/``. Each model predicts every augmentation of the fold's test images and of the
   unlabelled images; the probabilities averaged over augmentations and seeds are kept per model in
-  ``<stage>/probabilities.npz``.
+  ``<stage>/probabilities.npz`` (``<model>/<subset>``), and for the test images also each seed's own,
+  averaged over augmentations only (``<model>/test@seed<k>``).
 * :func:`report` (§3, Fig. 4): fusion = mean of the models' probabilities, argmax; the 4-class accuracy
-  fused (``test/acc``) and per model (``test/acc_<model>``), the 2-class numbers (carcinoma vs not:
+  fused (``test/acc``) and per model (``test/acc_<model>``, of the seed-averaged probabilities), each
+  seed's accuracy per model (``test/acc_<model>@seed<k>``: Table 1's per-model cells are their mean over
+  seeds, its std the s.d. over all seed × fold values), the 2-class numbers (carcinoma vs not:
   ``test/acc2``, ``test/auc2``, ``test/sensitivity2@0.33`` ... at the setpoints, see
   :mod:`histo_lightning.metrics.bach`), ``roc.png`` (Fig. 4a), ``confusion.png`` (Fig. 4b), also sent to
   W&B/TensorBoard, ``predictions.csv`` per test image, and for the unlabelled images
@@ -40,7 +43,7 @@ from histo_lightning.data.bach import CLASS_NAMES
 from histo_lightning.data.feature_cache import FeatureCache
 from histo_lightning.data.multicrop import ViewSettings
 from histo_lightning.errors import ConfigError
-from histo_lightning.metrics.bach import SETPOINTS
+from histo_lightning.metrics.bach import SETPOINTS, four_class_accuracy
 from histo_lightning.reporting.bach import (
     CONFUSION_FILE,
     ROC_FILE,
@@ -207,6 +210,8 @@ def fit_lightgbm(
         per_seed = [out for job, out in zip(jobs, outputs) if job.model == model]
         for subset in PREDICTED_SUBSETS:
             arrays[f"{model}/{subset}"] = average_views_and_seeds([o[subset] for o in per_seed])
+        for seed, out in enumerate(per_seed):
+            arrays[f"{model}/test@seed{seed}"] = average_views_and_seeds([out["test"]])
     with atomic_path(ctx.dir / PROBABILITIES_FILE) as tmp, tmp.open("wb") as handle:
         np.savez(handle, **arrays)
     log.info(f"LightGBM: {len(jobs)} models trained and applied in {seconds:.1f} s")
@@ -275,7 +280,16 @@ def report(
     for name in ("roc", "confusion"):
         log_image(ctx.loggers, f"test/{name}", ctx.dir / outputs[name])
     logged = metric_names(metrics)
-    shown = ", ".join(f"{k.removeprefix('test/')} {v:.3f}" for k, v in logged.items())
+    labels = manifest["label"].to_numpy()[test_rows]
+    for model in models:
+        seeds = sorted(
+            (int(k.rsplit("@seed", 1)[1]), k) for k in arrays if k.startswith(f"{model}/test@seed")
+        )
+        for seed, key in seeds:
+            logged[f"test/acc_{model}@seed{seed}"] = four_class_accuracy(labels, arrays[key])
+    shown = ", ".join(
+        f"{k.removeprefix('test/')} {v:.3f}" for k, v in logged.items() if "@seed" not in k
+    )
     log.info(f"Fold {ctx.datamodule.fold}{synthetic}: {shown}")
     return {"metrics": logged, "outputs": outputs, "models": models}
 

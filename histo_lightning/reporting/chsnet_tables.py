@@ -16,6 +16,10 @@
 
 Detection counts points, not windows, so it has no true negatives: the N of Recall(P/N) in Tables 3 and 4
 is shown only where a job logged ``test/recall_neg``, "–" otherwise.
+
+For the paper comparison each row is a cell with settings ``method`` (the names above) and ``fold`` (a
+fold number, ``Total`` or ``AVE.``) and values ``fp``, ``tp``, ``fn``, ``recall`` (Table 2:
+``recall_pos``), ``recall_neg``, ``precision``, ``f1`` (``resources/papers/chsnet.yaml``).
 """
 
 from __future__ import annotations
@@ -31,9 +35,11 @@ from histo_lightning.reporting.tables import (
     Setting,
     fmt_value,
     group_jobs,
+    make_cell,
     markdown_table,
     register_table,
     table_result,
+    value_entry,
 )
 
 LOSS_NAMES = {"SemiFocalLoss": "SFL", "FocalLoss": "FL", "CrossEntropyLoss": "SM"}
@@ -109,6 +115,11 @@ def _mean(values: list[float | None]) -> float | None:
     return float(np.mean(present)) if present else None
 
 
+def _std(values: list[float | None]) -> float | None:
+    present = [float(v) for v in values if v is not None]
+    return float(np.std(present)) if present else None
+
+
 def _test_counts(job: Job) -> dict[str, Any] | None:
     metrics = job.metrics or {}
     if not all(f"test/{k}" in metrics for k in ("tp", "fp", "fn")):
@@ -116,39 +127,59 @@ def _test_counts(job: Job) -> dict[str, Any] | None:
     return {k.removeprefix("test/"): v for k, v in metrics.items() if k.startswith("test/")}
 
 
+COUNT_KEYS = ("fp", "tp", "fn", "recall", "recall_pos", "recall_neg", "precision", "f1")
+
+
+def _values(counts: dict[str, Any], n: int = 1) -> dict[str, dict[str, Any]]:
+    return {k: value_entry(counts[k], n=n) for k in COUNT_KEYS if counts.get(k) is not None}
+
+
+def _jobs(setting: Setting, folds: list) -> list[Job]:
+    return [setting.folds[f] for f, _ in folds]
+
+
 def _per_setting(
     settings: list[Setting], counts_of: Callable[[Job], dict[str, Any] | None]
-) -> Iterator[tuple[str, list[tuple[int | None, dict[str, Any]]]]]:
-    """``(method, [(fold, counts), ...])`` of every setting with counts in at least one finished fold."""
+) -> Iterator[tuple[str, Setting, list[tuple[int | None, dict[str, Any]]]]]:
+    """``(method, setting, [(fold, counts), ...])`` of every setting with counts in a finished fold."""
     for setting in settings:
         folds = [(f, c) for f, job in setting.finished() if (c := counts_of(job)) is not None]
         if folds:
-            yield setting.key[0], folds
+            yield setting.key[0], setting, folds
 
 
 @register_table("chsnet", "table2")
 def table2(jobs: list[Job]) -> dict[str, Any]:
-    settings, sections, rows_json = _settings(jobs), [], []
-    for method, reports in _per_setting(settings, mining_report):
+    settings, sections, rows_json, cells = _settings(jobs), [], [], []
+    for method, setting, reports in _per_setting(settings, mining_report):
         rows = [
             _count_row(str(fold), {**r, "recall": r.get("recall_pos")}, r.get("recall_neg"))
             for fold, r in reports
         ]
-        average = _recall_pn(
-            _mean([r.get("recall_pos") for _, r in reports]),
-            _mean([r.get("recall_neg") for _, r in reports]),
-        )
-        rows.append(["AVE.", "-", "-", "-", average, "", ""])
+        average = {k: _mean([r.get(k) for _, r in reports]) for k in ("recall_pos", "recall_neg")}
+        rows.append(["AVE.", "-", "-", "-", _recall_pn(*average.values()), "", ""])
         sections.append((method, markdown_table(COUNT_COLUMNS, rows)))
         rows_json.append({"setting": method, "folds": {str(f): r for f, r in reports}})
+        for fold, report in reports:
+            row = {"method": method, "fold": fold}
+            cells.append(make_cell(f"{method}, fold {fold}", row, _values(report), [setting.folds[fold]]))  # fmt: skip
+        spread = {k: _std([r.get(k) for _, r in reports]) for k in average}
+        values = {
+            k: value_entry(v, spread[k], len(reports), "s.d. over folds")
+            for k, v in average.items()
+            if v is not None
+        }
+        row = {"method": method, "fold": "AVE."}
+        cells.append(make_cell(f"{method}, AVE.", row, values, _jobs(setting, reports)))
     title = "Table 2: the screening network on the training set (hard-example mining)"
-    return {**table_result("chsnet.table2", title, sections, settings, []), "rows": rows_json}
+    result = table_result("chsnet.table2", title, sections, settings, [], cells)
+    return {**result, "rows": rows_json}
 
 
 @register_table("chsnet", "table3")
 def table3(jobs: list[Job]) -> dict[str, Any]:
-    settings, sections, rows_json = _settings(jobs), [], []
-    for method, folds in _per_setting(settings, _test_counts):
+    settings, sections, rows_json, cells = _settings(jobs), [], [], []
+    for method, setting, folds in _per_setting(settings, _test_counts):
         rows = [_count_row(str(fold), c, c.get("recall_neg")) for fold, c in folds]
         total = pooled([c for _, c in folds])
         negative = _mean([c.get("recall_neg") for _, c in folds])
@@ -156,26 +187,39 @@ def table3(jobs: list[Job]) -> dict[str, Any]:
         rows.append(["AVE.", "-", "-", "-", *_count_row("", total, negative)[4:]])
         sections.append((method, markdown_table(COUNT_COLUMNS, rows)))
         rows_json.append({"setting": method, "folds": dict(folds), "ave_pooled": total})
+        for fold, counts in folds:
+            row = {"method": method, "fold": fold}
+            cells.append(make_cell(f"{method}, fold {fold}", row, _values(counts), [setting.folds[fold]]))  # fmt: skip
+        n, jobs_of = len(folds), _jobs(setting, folds)
+        sums = {k: total[k] for k in ("fp", "tp", "fn")}
+        cells.append(make_cell(f"{method}, Total", {"method": method, "fold": "Total"}, _values(sums, n), jobs_of))  # fmt: skip
+        ave = {k: total[k] for k in ("recall", "precision", "f1")} | {"recall_neg": negative}
+        cells.append(make_cell(f"{method}, AVE. (pooled)", {"method": method, "fold": "AVE."}, _values(ave, n), jobs_of))  # fmt: skip
     title = (
         "Table 3: detection per held-out fold (AVE. = precision, recall, F1 of the Total counts)"
     )
     metrics = ["test/f1", "test/precision", "test/recall", "test/tp", "test/fp", "test/fn"]
-    return {**table_result("chsnet.table3", title, sections, settings, metrics), "rows": rows_json}
+    result = table_result("chsnet.table3", title, sections, settings, metrics, cells)
+    return {**result, "rows": rows_json}
 
 
 @register_table("chsnet", "table4")
 def table4(jobs: list[Job]) -> dict[str, Any]:
-    settings, rows, rows_json = _settings(jobs), [], []
-    for method, folds in _per_setting(settings, _test_counts):
+    settings, rows, rows_json, cells = _settings(jobs), [], [], []
+    for method, setting, folds in _per_setting(settings, _test_counts):
         total = pooled([c for _, c in folds])
         negative = _mean([c.get("recall_neg") for _, c in folds])
         rows.append([method, str(len(folds)), *_count_row("", total, negative)[4:]])
         rows_json.append({"setting": method, "n_folds": len(folds), "pooled": total})
+        ave = {k: total[k] for k in ("recall", "precision", "f1")} | {"recall_neg": negative}
+        label = f"{method}, pooled over {len(folds)} fold(s)"
+        cells.append(make_cell(label, {"method": method}, _values(ave, len(folds)), _jobs(setting, folds)))  # fmt: skip
     header = ["Method", "Folds", "Recall(P/N)", "Precision", "F1 score"]
     title = "Table 4: ablations (CN cascade, HEM hard-example mining, SFL/FL/SM loss), pooled over folds"
     section = [("", markdown_table(header, rows))]
     metrics = ["test/f1", "test/precision", "test/recall"]
-    return {**table_result("chsnet.table4", title, section, settings, metrics), "rows": rows_json}
+    result = table_result("chsnet.table4", title, section, settings, metrics, cells)
+    return {**result, "rows": rows_json}
 
 
 __all__ = ["is_chsnet", "method_label", "mining_report", "pooled"]

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from histo_lightning.metrics.detection import detection_scores
+from histo_lightning.reporting.papers import tables_for_experiments
 from histo_lightning.reporting.sweep import Job, read_jobs, synthetic_data
 from histo_lightning.reporting.tables import fmt_value, markdown_table
 from histo_lightning.utils.io import write_json_atomic, write_text_atomic
@@ -138,9 +139,11 @@ def summarize(sweep_dir: str | Path, ddof: int = 0) -> dict[str, Any]:
                 },
             }
         )
+    papers = tables_for_experiments({str(j.config.get("task_name")) for j in jobs})
     summary: dict[str, Any] = {
         "sweep_dir": str(sweep_dir),
         "synthetic_data": synthetic_data(jobs),
+        "papers": sorted({t.paper.short for t in papers}),
         "common_overrides": common,
         "std_kind": f"{'population' if ddof == 0 else 'sample'} standard deviation (ddof={ddof})",
         "metrics": names,
@@ -201,6 +204,12 @@ def to_markdown(summary: dict[str, Any], digits: int = 3) -> str:
             missing = ", ".join(f"fold {m['fold']} ({m['dir']})" for m in group["missing"])
             parts.append(f"Missing (running or killed; not included): {missing}")
     parts.append(f"± is the {summary['std_kind']} over folds.")
+    if summary.get("papers"):
+        parts.append(
+            "Against the papers (ours, the published value with its citation, the difference, inside "
+            "or outside the paper's spread): `paper_vs_ours.md` and `paper_vs_ours.html` of this sweep "
+            f"({', '.join(summary['papers'])})."
+        )
     return "\n\n".join(parts) + "\n"
 
 

@@ -1,7 +1,8 @@
-"""Hydra callbacks: keep ``cv_summary.{json,md}`` of a sweep up to date.
+"""Hydra callbacks: keep ``cv_summary.{json,md}``, the papers' table layouts and ``paper_vs_ours.{md,html}``
+of a sweep up to date.
 
-The summary is rewritten after every job (so a crashed or interrupted sweep still has one) and once more
-when the sweep ends, when it is also printed.
+Each is rewritten after every job (so a crashed or interrupted sweep still has one) and once more when the
+sweep ends, when it is also printed (or its path logged).
 """
 
 from __future__ import annotations
@@ -76,3 +77,35 @@ class TableReportCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         for _, markdown in self._write(config):
             log.info(f"Paper tables: {markdown}\n{markdown.read_text()}")
+
+
+class PaperComparisonCallback(Callback):
+    """Write ``paper_vs_ours.{md,html}`` (our rows beside the papers' published numbers) for every sweep.
+
+    Listed in ``conf/hydra/default.yaml``; a sweep whose experiments no paper table summarises gets a
+    file that says so. See :mod:`histo_lightning.reporting.compare`.
+    """
+
+    def _write(self, config: DictConfig, page: bool = True) -> Any:
+        from histo_lightning.reporting.compare import write_comparison
+
+        return write_comparison([config.hydra.sweep.dir], page=page)
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        if config.hydra.mode != RunMode.MULTIRUN or not _is_rank_zero():
+            return
+        try:  # the markdown after each job; the page with its embedded plots when the sweep ends
+            self._write(config, page=False)
+        except Exception as err:  # a report must never fail the job it reports on
+            log.warning(f"could not update paper_vs_ours: {err}")
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if not _is_rank_zero():
+            return
+        try:
+            written = self._write(config)
+        except Exception as err:
+            log.warning(f"could not write paper_vs_ours: {err}")
+            return
+        if written is not None:
+            log.info(f"Paper vs ours: {written[0]} and {written[1]}")

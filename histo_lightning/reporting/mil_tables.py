@@ -1,12 +1,24 @@
 """Li et al.'s Tables 1 and 2, registered as ``mil.table1`` (Colon) and ``mil.table2`` (UCSB).
 
 One row per method, in the paper's order: MIL Model (``mil_ilse``), Our Model (``mil_aw``), +SB, +MB,
-+FMB (``mil_hnm``). "The average of five experiments with its corresponding standard error": for each
-method the test metrics are averaged over the folds of each repetition (``repeat``), then reported as the
-mean ± standard error over the repetitions (``SE = s / √R``, ``s`` the sample standard deviation, ddof 1;
-one repetition has no SE: "–"). Columns: Accuracy, Precision, Recall, F-score, AUC, FPR (the paper's),
-then the instance-level attention AUROC (ours; where instance labels exist). Jobs of either real or
-synthetic Colon go into Table 1, of UCSB into Table 2 (the dataset's name heads the table).
++FMB (``mil_hnm``) — the experiment ↔ paper-row map is the package data beside the published numbers
+(``resources/papers/li_mil.yaml``). Jobs are grouped by experiment and by every override that differs
+between the table's jobs (other than ``fold``, ``repeat`` and ``experiment``): two settings of one
+experiment in one sweep (``model.net.aw_factor=2,0.5``) are two rows, labelled by those overrides.
+"The average of five experiments with its corresponding standard error": for each row the test metrics
+are averaged over the folds of each repetition (``repeat``), then reported as the mean ± standard error
+over the repetitions (``SE = s / √R``, ``s`` the sample standard deviation, ddof 1; one repetition has no
+SE: "–"). Columns: Accuracy, Precision, Recall, F-score, AUC, FPR (the paper's), then the
+instance-level attention AUROC (ours; where instance labels exist). Jobs of either real or synthetic
+Colon go into Table 1, of UCSB into Table 2 (the dataset's name heads the table).
+
+Precision of a fold without a positive prediction. The per-fold numbers are torchmetrics' (the test
+stage's ``BagMetrics``): precision = TP / (TP + FP) is 0/0 there and torchmetrics returns 0
+(``zero_division=0``), so such a fold counts as precision 0 (and F-score 0) in the fold mean; the table
+says how many folds that was. Li et al. do not say how they averaged. A second table pools the folds
+instead: per repetition, every fold's test bags (``predictions.csv`` of the test stage) are scored at
+once with the same ``BagMetrics``, then mean ± SE over the repetitions — no fold is left without positive
+predictions, and each bag weighs the same.
 
 Sweeps of several MIL experiments at once (``-m experiment=mil_ilse,mil_aw,...``) get ``mil_tables.md``
 and ``.json`` after every job from :class:`MILTableCallback` (``conf/hydra/default.yaml``; a no-op for
@@ -17,30 +29,30 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
+import torch
 from omegaconf import DictConfig
 
+from histo_lightning.metrics.mil import BagMetrics
 from histo_lightning.reporting.hydra_callbacks import TableReportCallback
-from histo_lightning.reporting.sweep import Job, read_jobs
+from histo_lightning.reporting.papers import table_for_layout
+from histo_lightning.reporting.sweep import Job, read_jobs, sweep_folders
 from histo_lightning.reporting.tables import (
+    Setting,
     group_jobs,
+    make_cell,
     markdown_table,
     register_table,
     table_result,
+    value_entry,
     write_report,
 )
 
-#: the rows of Tables 1 and 2 (task_name → the paper's name), in the paper's order
-METHODS = {
-    "mil_ilse": "MIL Model [Ilse et al.]",
-    "mil_aw": "Our Model (softsign + AW)",
-    "mil_hnm_sb": "Our Model + SB",
-    "mil_hnm_mb": "Our Model + MB",
-    "mil_hnm": "Our Model + FMB",
-}
 #: the columns: metric key → header
 COLUMNS = {
     "test/acc": "Accuracy",
@@ -55,14 +67,28 @@ COLUMNS = {
 TABLE_DATASETS = {"table1": "ColonDataModule", "table2": "UcsbDataModule"}
 TITLES = {"table1": "Table 1 (Colon cancer)", "table2": "Table 2 (UCSB breast)"}
 LAYOUTS = [f"mil.{t}" for t in TABLE_DATASETS]
+#: the bag-level columns, which pooling over folds recomputes
+POOLED_COLUMNS = [m for m in COLUMNS if m != "test/inst_auroc"]
+#: overrides that do not make a row: the fold and repetition are averaged, the experiment is the row
+NOT_SETTINGS = ("fold", "repeat", "experiment")
 NOTE = (
-    "Per method: the mean over the folds of each repetition, then mean ± standard error over the "
-    "repetitions (SE = s/√R, sample s.d.; '–' with one repetition), as Li et al.'s Tables 1 and 2."
+    "Per row: the mean over the folds of each repetition, then mean ± standard error over the "
+    "repetitions (SE = s/√R, sample s.d.; '–' with one repetition), as Li et al.'s Tables 1 and 2. "
+    "A fold without a positive prediction has precision 0 (and F-score 0) here, torchmetrics' "
+    "zero_division=0; the count is in the last column. Pooled: every fold's test bags of a repetition "
+    "scored at once, then mean ± SE over repetitions."
 )
 
 
+@cache
+def methods() -> dict[str, str]:
+    """Experiment (task name) → the paper's row name, in the paper's order (the package data)."""
+    paper = table_for_layout("mil.table1")
+    return {str(r.ours["experiment"]): r.name for r in paper.rows if r.ours is not None}
+
+
 def is_mil(job: Job) -> bool:
-    return job.config.get("task_name") in METHODS
+    return job.config.get("task_name") in methods()
 
 
 def data_module(job: Job) -> str:
@@ -92,33 +118,100 @@ def _cell(summary: dict[str, Any] | None) -> str:
     return f"{summary['mean']:.3f} ± {se}"
 
 
+def differing_overrides(jobs: list[Job]) -> list[str]:
+    """The override keys (other than :data:`NOT_SETTINGS`) whose value is not the same in every job."""
+    keys = sorted({k for j in jobs for k in j.overrides if k not in NOT_SETTINGS})
+    return [k for k in keys if len({j.overrides.get(k) for j in jobs}) > 1]
+
+
+def fold_predictions(job: Job) -> pd.DataFrame | None:
+    """The test stage's ``predictions.csv`` (bag, label, prob, ...) of a finished job, None without."""
+    stage = ((job.info or {}).get("stages") or {}).get("test") or {}
+    folder = stage.get("folder") if isinstance(stage, dict) else None
+    path = job.dir / folder / "predictions.csv" if folder else None
+    return pd.read_csv(path) if path is not None and path.is_file() else None
+
+
+def pooled_metrics(setting: Setting) -> dict[str, float] | None:
+    """The bag metrics of every finished fold's test bags scored at once (None when a fold's
+    predictions are missing), with the test stage's own :class:`BagMetrics` (threshold 0.5)."""
+    frames = [fold_predictions(job) for _, job in setting.finished()]
+    if not frames or any(f is None for f in frames):
+        return None
+    bags = pd.concat(frames, ignore_index=True)
+    metric = BagMetrics()
+    metric.update(torch.tensor(bags["prob"].to_numpy(), dtype=torch.float32), torch.tensor(bags["label"].to_numpy()))  # fmt: skip
+    return {f"test/{k}": float(v) for k, v in metric.compute().items()}
+
+
+def folds_without_positive_call(setting: Setting) -> int | None:
+    """How many finished folds predicted no bag positive (torchmetrics: precision 0); None if unknown."""
+    frames = [fold_predictions(job) for _, job in setting.finished()]
+    if any(f is None for f in frames):
+        return None
+    return sum(1 for f in frames if not (f["prob"] > 0.5).any())
+
+
+def _summaries(repeats: list[Setting], per_repeat) -> dict[str, dict[str, Any] | None]:
+    values = [v for s in repeats if (v := per_repeat(s)) is not None]
+    return {m: repeat_summary([v[m] for v in values if m in v and not math.isnan(v[m])]) for m in COLUMNS}  # fmt: skip
+
+
+def _fold_means(setting: Setting) -> dict[str, float]:
+    return {m: float(np.mean(v)) for m in COLUMNS if (v := setting.values(m))}
+
+
+def _values(cells: dict[str, dict[str, Any] | None]) -> dict[str, dict[str, Any]]:
+    return {
+        m: value_entry(c["mean"], c["se"], c["repeats"], "SE over repetitions")
+        for m, c in cells.items()
+        if c
+    }
+
+
 def build(jobs: list[Job], table: str) -> dict[str, Any]:
     """The rows of ``table`` from the MIL jobs of its dataset (see the module docstring)."""
     chosen = [j for j in jobs if is_mil(j) and data_module(j) == TABLE_DATASETS[table]]
-    settings = group_jobs(chosen, lambda c: (c.get("task_name"), int(c.get("repeat", 1))))
-    by_method: dict[str, list] = defaultdict(list)
-    for setting in settings:
-        by_method[setting.key[0]].append(setting)
-    rows, summaries = [], {}
-    for method, label in METHODS.items():
-        repeats = sorted(by_method.get(method, []), key=lambda s: s.key[1])
-        if not repeats:
-            continue
-        cells = {}
-        for metric in COLUMNS:
-            means = [float(np.mean(v)) for s in repeats if (v := s.values(metric))]
-            cells[metric] = repeat_summary(means)
-        folds = "/".join(str(s.n) for s in repeats)
-        summaries[method] = cells
-        rows.append([label, *(_cell(cells[m]) for m in COLUMNS), f"{folds} × {len(repeats)}"])
+    differing = differing_overrides(chosen)
+    groups: dict[tuple[str, str], list[Job]] = defaultdict(list)
+    for job in chosen:
+        label = " ".join(f"{k}={job.overrides[k]}" for k in differing if k in job.overrides)
+        groups[(str(job.config.get("task_name")), label)].append(job)
+    order = list(methods())
+    rows, pooled_rows, summaries, settings, cells = [], [], {}, [], []
+    for (method, label), members in sorted(groups.items(), key=lambda g: (order.index(g[0][0]), g[0][1])):  # fmt: skip
+        repeats = sorted(
+            group_jobs(members, lambda c: (int(c.get("repeat", 1)),)), key=lambda s: s.key[0]
+        )
+        settings += repeats
+        suffix = f" ({label})" if label else ""
+        name, key = methods()[method] + suffix, method + suffix
+        fold_cells = _summaries(repeats, _fold_means)
+        pooled_cells = _summaries(repeats, pooled_metrics)
+        no_positive = [folds_without_positive_call(s) for s in repeats]
+        zero = None if None in no_positive else sum(no_positive)
+        runs = f"{'/'.join(str(s.n) for s in repeats)} × {len(repeats)}"
+        summaries[key] = {**fold_cells, "folds_without_positive_call": zero}
+        rows.append([name, *(_cell(fold_cells[m]) for m in COLUMNS), runs, "?" if zero is None else str(zero)])  # fmt: skip
+        row = {"experiment": method, "setting": label}
+        cells.append(make_cell(f"{name}, mean over folds", {**row, "aggregate": "folds"}, _values(fold_cells), members))  # fmt: skip
+        if any(pooled_cells.values()):
+            summaries[key]["pooled"] = pooled_cells
+            pooled_rows.append([name, *(_cell(pooled_cells[m]) for m in POOLED_COLUMNS), runs])
+            cells.append(make_cell(f"{name}, pooled over folds", {**row, "aggregate": "pooled"}, _values(pooled_cells), members))  # fmt: skip
     names = sorted({dataset_name(j) for j in chosen})
-    header = ["Method", *COLUMNS.values(), "folds × repeats"]
+    header = ["Method", *COLUMNS.values(), "folds × repeats", "folds without a positive call"]
+    sections = [("", markdown_table(header, rows) if rows else "no finished job")]
+    if pooled_rows:
+        pooled_header = ["Method", *(COLUMNS[m] for m in POOLED_COLUMNS), "folds × repeats"]
+        sections.append(("Pooled over the folds of each repetition", markdown_table(pooled_header, pooled_rows)))  # fmt: skip
     result = table_result(
         f"mil.{table}",
         f"{TITLES[table]}: {', '.join(names) or 'no jobs'}",
-        [("", markdown_table(header, rows) if rows else "no finished job")],
+        sections,
         settings,
         list(COLUMNS),
+        cells,
     )
     result["rows"] = summaries
     result["note"] = NOTE
@@ -135,19 +228,6 @@ def table1(jobs: list[Job]) -> dict[str, Any]:
 def table2(jobs: list[Job]) -> dict[str, Any]:
     """Li et al. Table 2: UCSB breast (``dataset=ucsb`` or ``ucsb_synthetic``)."""
     return build(jobs, "table2")
-
-
-def sweep_folders(sweep_dir: str | Path) -> list[Path]:
-    """``sweep_dir`` and the folders of the same sweep under other task names.
-
-    Hydra names a sweep folder ``<log_dir>/<task_name>/multiruns/<time>`` with the task name of the config
-    it is composed from: the sweep's own (``train``, without the swept ``experiment``) and, for each job,
-    the job's. The MIL experiments share one (``<log_dir>/mil/multiruns/<time>``); other sweeps may spread
-    their jobs over ``mil_ilse/``, ``mil_aw/``, ... with the same ``<time>``.
-    """
-    sweep_dir = Path(sweep_dir)
-    siblings = sorted(sweep_dir.parent.parent.parent.glob(f"*/multiruns/{sweep_dir.name}"))
-    return [sweep_dir, *(s for s in siblings if s.resolve() != sweep_dir.resolve())]
 
 
 def write_tables(sweep_dir: str | Path) -> list[tuple[Path, Path]]:
@@ -181,9 +261,11 @@ class MILTableCallback(TableReportCallback):
 __all__ = [
     "COLUMNS",
     "LAYOUTS",
-    "METHODS",
     "MILTableCallback",
     "build",
+    "differing_overrides",
+    "methods",
+    "pooled_metrics",
     "sweep_folders",
     "table1",
     "table2",

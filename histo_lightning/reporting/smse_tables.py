@@ -12,7 +12,10 @@
 * ``smse.table10``: network × loss (L_cls, L_cls + L_p, L_cls + L_t): ACC and F1 of every class, in %.
 
 Each job is described by the settings a table compares, read from its composed config; see
-:mod:`histo_lightning.reporting.tables` for the command and the rendering.
+:mod:`histo_lightning.reporting.tables` for the command and the rendering. Each table's rows also go to
+the paper comparison as cells whose settings are :func:`settings_of`'s (``embedding``, ``margin``,
+``loss``, ``lam``, ``gamma``, ``network``, ``experiment``; Table VI adds ``fold``), the names the paper
+rows' ``ours`` use in ``resources/papers/smse.yaml``.
 """
 
 from __future__ import annotations
@@ -28,11 +31,14 @@ from histo_lightning.reporting.tables import (
     Setting,
     fmt_mean_std,
     fmt_value,
+    fold_values,
     group_jobs,
+    make_cell,
     markdown_table,
     register_table,
     sort_key,
     table_result,
+    value_entry,
 )
 
 MAGNIFICATIONS = ("40x", "100x", "200x", "400x")
@@ -91,6 +97,39 @@ def experiment_name(config: dict) -> str:
     return str(config.get("task_name", "?"))
 
 
+def settings_of(config: dict) -> dict[str, Any]:
+    """A job's settings in the words of the paper comparison (``resources/papers/smse.yaml``): embedding
+    (Triplet, Pair, -), margin, loss (RFL with lam and gamma, or the loss class), network family (PNN1,
+    PNN2, GoogleNet, ResNet), experiment."""
+    rfl = rfl_parameters(config)
+    loss = _target(config.get("loss")).rsplit(".", 1)[-1] or "?"
+    return {
+        "experiment": experiment_name(config),
+        "embedding": embedding_kind(config),
+        "margin": margin(config),
+        "loss": "RFL" if rfl else loss,
+        "lam": rfl[0] if rfl else None,
+        "gamma": rfl[1] if rfl else None,
+        "network": network(config).split(" (", 1)[0],
+    }
+
+
+def _cells(
+    settings: list[Setting],
+    keys: tuple[str, ...],
+    label: Callable[[tuple], str],
+    metrics: list[str],
+) -> list[dict[str, Any]]:
+    """One cell per setting: its ``keys`` of :func:`settings_of`, mean ± s.d. over its folds."""
+    cells = []
+    for s in settings:
+        jobs = list(s.folds.values())
+        own = settings_of(jobs[0].config)
+        row = {k: own[k] for k in keys}
+        cells.append(make_cell(label(s.key), row, fold_values(s, metrics), jobs))
+    return cells
+
+
 def _class_f1_metrics(settings: list[Setting]) -> list[str]:
     names = sorted(
         {
@@ -134,7 +173,8 @@ def table3(jobs: list[Job]) -> dict[str, Any]:
         3,
     )
     title = "Table III: margin m of the pair loss (No. 1) and the triplet loss (No. 2)"
-    return _result("smse.table3", title, header, rows, settings, metrics)
+    cells = _cells(settings, ("embedding", "margin"), lambda k: f"{k[0]}, m={k[1]}", metrics)
+    return _result("smse.table3", title, header, rows, settings, metrics, cells)
 
 
 @register_table("smse", "table4")
@@ -149,7 +189,8 @@ def table4(jobs: list[Job]) -> dict[str, Any]:
 
     rows = _summary_rows(settings, label, metrics, 3)
     title = "Table IV: (λ, γ) of the reinforced focal loss"
-    return _result("smse.table4", title, header, rows, settings, metrics)
+    cells = _cells(settings, ("loss", "lam", "gamma"), lambda k: label(k)[0], metrics)
+    return _result("smse.table4", title, header, rows, settings, metrics, cells)
 
 
 @register_table("smse", "table5")
@@ -160,7 +201,9 @@ def table5(jobs: list[Job]) -> dict[str, Any]:
     header = ["w/o ε", "L_cls", "Folds", "RR", "ACC", *(_f1_header(m) for m in metrics[2:])]
     rows = _summary_rows(settings, lambda k: [k[0], k[1]], metrics, 3)
     title = "Table V: models trained with or without embeddings ε"
-    return _result("smse.table5", title, header, rows, settings, metrics)
+    keys = ("embedding", "loss", "lam", "gamma")
+    cells = _cells(settings, keys, lambda k: f"{k[0]} embedding, {k[1]}", metrics)
+    return _result("smse.table5", title, header, rows, settings, metrics, cells)
 
 
 @register_table("smse", "table6")
@@ -172,7 +215,7 @@ def table6(jobs: list[Job]) -> dict[str, Any]:
     settings.sort(key=lambda s: tuple(sort_key(v) for v in s.key))
     metrics = ["test/rr", "test/acc", *_class_f1_metrics(settings)]
     header = ["Fold", "RR (%)", "ACC (%)", *(f"{_f1_header(m)} (%)" for m in metrics[2:])]
-    sections = []
+    sections, cells = [], []
     for s in settings:
         rows = [
             [str(fold), *(_pct(job.metrics.get(m)) for m in metrics)] for fold, job in s.finished()
@@ -180,8 +223,14 @@ def table6(jobs: list[Job]) -> dict[str, Any]:
         rows.append(["*Mean ± st.d.*", *(fmt_mean_std(*s.mean_std(m), 100.0, 2) for m in metrics)])
         label = f"{s.key[0]}: {s.key[1]} embedding, m={s.key[2]}, {s.key[3]}, {s.key[4]}"
         sections.append((label, markdown_table(header, rows)))
+        own = settings_of(next(iter(s.folds.values())).config)
+        for fold, job in s.finished():
+            values = {m: value_entry(job.metrics[m], n=1) for m in metrics if m in job.metrics}
+            cells.append(make_cell(f"{label}, fold {fold}", {**own, "fold": fold}, values, [job]))
+        jobs = list(s.folds.values())
+        cells.append(make_cell(f"{label}, mean", {**own, "fold": "mean"}, fold_values(s, metrics), jobs))  # fmt: skip
     title = "Table VI: cross-validated performance per fold"
-    return table_result("smse.table6", title, sections, settings, metrics)
+    return table_result("smse.table6", title, sections, settings, metrics, cells)
 
 
 def _pct(value: float | None) -> str:
@@ -196,7 +245,7 @@ def table7(jobs: list[Job]) -> dict[str, Any]:
     settings.sort(key=lambda s: tuple(sort_key(v) for v in s.key))
     metrics = [f"test/rr_{m}" for m in MAGNIFICATIONS]
     header = ["Method", "Folds", *(f"RR {m[:-1]}× (%)" for m in MAGNIFICATIONS), "Average (%)"]
-    rows = []
+    rows, cells = [], []
     for s in settings:
         stats = [s.mean_std(m) for m in metrics]
         valid = [st for st in stats if not math.isnan(st[0])]
@@ -205,16 +254,26 @@ def table7(jobs: list[Job]) -> dict[str, Any]:
             if valid
             else (math.nan, math.nan)
         )
+        label = f"{s.key[0]} ({s.key[1]}, {s.key[2]}, {s.key[3]})"
         rows.append(
             [
-                f"{s.key[0]} ({s.key[1]}, {s.key[2]}, {s.key[3]})",
+                label,
                 str(s.n),
                 *(fmt_mean_std(m, sd, 100.0, 2) for m, sd in stats),
                 fmt_mean_std(*average, 100.0, 2),
             ]
         )
+        jobs = list(s.folds.values())
+        own = settings_of(jobs[0].config)
+        row = {k: own[k] for k in ("experiment", "embedding", "loss", "lam", "gamma", "network")}
+        kind = "mean of the magnifications' s.d.s over folds"
+        values = {
+            **fold_values(s, metrics),
+            "average": value_entry(*average, n=s.n, spread_kind=kind),
+        }
+        cells.append(make_cell(label, row, values, jobs))
     title = "Table VII: recognition rate per magnification"
-    return _result("smse.table7", title, header, rows, settings, metrics)
+    return _result("smse.table7", title, header, rows, settings, metrics, cells)
 
 
 @register_table("smse", "table10")
@@ -238,7 +297,13 @@ def table10(jobs: list[Job]) -> dict[str, Any]:
         for s in settings
     ]
     title = "Table X: network × loss on PAIP 2019 patches"
-    return _result("smse.table10", title, header, rows, settings, metrics)
+    cells = []
+    for s in settings:
+        jobs = list(s.folds.values())
+        row = {"network": str(s.key[0]).split(" (", 1)[0], "embedding": s.key[1]}
+        label = f"{s.key[0]}, {loss_name.get(s.key[1], s.key[1])}"
+        cells.append(make_cell(label, row, fold_values(s, metrics), jobs))
+    return _result("smse.table10", title, header, rows, settings, metrics, cells)
 
 
 def _first(setting: Setting, metric: str) -> float | None:
@@ -253,8 +318,10 @@ def _result(
     rows: list[list[str]],
     settings: list[Setting],
     metrics: list[str],
+    cells: list[dict[str, Any]],
 ) -> dict[str, Any]:
-    return table_result(layout, title, [("", markdown_table(header, rows))], settings, metrics)
+    section = [("", markdown_table(header, rows))]
+    return table_result(layout, title, section, settings, metrics, cells)
 
 
 __all__ = [
@@ -264,4 +331,5 @@ __all__ = [
     "margin",
     "network",
     "rfl_parameters",
+    "settings_of",
 ]

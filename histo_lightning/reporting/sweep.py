@@ -46,8 +46,17 @@ class Job:
 
     @property
     def synthetic(self) -> bool | None:
-        """Whether the job ran on synthetic data (from ``run_info.json``), None if unknown."""
-        return (self.info or {}).get("synthetic_data")
+        """Whether the job ran on synthetic data, None if unknown: ``run_info.json``'s ``synthetic_data``
+        (or ``data.synthetic``), else the job's config (a ``dataset.synthetic`` generator setting marks
+        the data modules' generated twins)."""
+        info = self.info or {}
+        for flag in (info.get("synthetic_data"), (info.get("data") or {}).get("synthetic")):
+            if flag is not None:
+                return bool(flag)
+        dataset = self.config.get("dataset")
+        if isinstance(dataset, dict) and "synthetic" in dataset:
+            return dataset["synthetic"] is not None
+        return None
 
     @property
     def error(self) -> str | None:
@@ -119,6 +128,19 @@ def read_jobs(sweep_dirs: str | Path | Sequence[str | Path]) -> list[Job]:
     return jobs
 
 
+def sweep_folders(sweep_dir: str | Path) -> list[Path]:
+    """``sweep_dir`` and the folders of the same sweep under other task names.
+
+    Hydra names a sweep folder ``<log_dir>/<task_name>/multiruns/<time>`` with the task name of the config
+    it is composed from: the sweep's own (``train``, without the swept ``experiment``) and, for each job,
+    the job's. The MIL experiments share one (``<log_dir>/mil/multiruns/<time>``); other sweeps may spread
+    their jobs over ``mil_ilse/``, ``mil_aw/``, ... with the same ``<time>``.
+    """
+    sweep_dir = Path(sweep_dir)
+    siblings = sorted(sweep_dir.parent.parent.parent.glob(f"*/multiruns/{sweep_dir.name}"))
+    return [sweep_dir, *(s for s in siblings if s.resolve() != sweep_dir.resolve())]
+
+
 def synthetic_data(jobs: Iterable[Job]) -> bool | str | None:
     """True/False when every job that says agrees, ``mixed`` when they differ, None when none says."""
     flags = {j.synthetic for j in jobs if j.synthetic is not None}
@@ -127,4 +149,4 @@ def synthetic_data(jobs: Iterable[Job]) -> bool | str | None:
     return "mixed" if flags else None
 
 
-__all__ = ["FAILED_FILE", "Job", "read_job", "read_jobs", "synthetic_data"]
+__all__ = ["FAILED_FILE", "Job", "read_job", "read_jobs", "sweep_folders", "synthetic_data"]

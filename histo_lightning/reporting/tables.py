@@ -20,7 +20,10 @@ Each method registers its layouts (:func:`register_table`) in its own module, li
 
 A new method adds a module with its ``@register_table("<method>", "<table>")`` builders (each takes the
 list of :class:`~histo_lightning.reporting.sweep.Job` and returns :func:`table_result`) to
-:data:`METHOD_MODULES`. Failed jobs (``failed.json``) and missing ones (running or killed) are listed
+:data:`METHOD_MODULES`. A builder also returns its rows as ``cells`` (:func:`make_cell`: our settings
+in the paper's terms, our values by key), which :mod:`histo_lightning.reporting.compare` puts beside the
+paper's published numbers (package data, :mod:`histo_lightning.reporting.papers`); every
+``<method>_tables.md`` shows that comparison under each table. Failed jobs (``failed.json``) and missing ones (running or killed) are listed
 under each table, never averaged. ± is the population standard deviation over folds (ddof = 0), which
 reproduces the papers' tables.
 """
@@ -31,7 +34,7 @@ import argparse
 import importlib
 import math
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -191,14 +194,60 @@ def settings_json(settings: list[Setting], metrics: list[str]) -> list[dict[str,
     ]
 
 
+def value_entry(
+    value: float | None,
+    spread: float | None = None,
+    n: int | None = None,
+    spread_kind: str | None = None,
+) -> dict[str, Any]:
+    """One of our numbers in a cell: value, its spread (what it is over) and how many runs it is of."""
+
+    def plain(x: float | None) -> float | None:
+        return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
+
+    return {"value": plain(value), "spread": plain(spread), "n": n, "spread_kind": spread_kind}
+
+
+def fold_values(setting: Setting, metrics: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``{metric: mean ± population s.d. over the setting's finished folds}``."""
+    return {
+        m: value_entry(
+            *setting.mean_std(m), n=len(setting.values(m)), spread_kind="s.d. over folds"
+        )
+        for m in metrics
+        if setting.values(m)
+    }
+
+
+def make_cell(
+    setting: str, row: dict[str, Any], values: dict[str, dict[str, Any]], jobs: Iterable[Job]
+) -> dict[str, Any]:
+    """One row of ours for the paper comparison: ``setting`` (how the table labels it), ``row`` (its
+    settings, matched against the paper rows' ``ours`` in the package data), ``values`` (key →
+    :func:`value_entry`), whether its jobs ran on synthetic data, and the jobs."""
+    jobs = list(jobs)
+    return {
+        "setting": setting,
+        "row": {
+            k: v if isinstance(v, (int, float, str)) or v is None else str(v)
+            for k, v in row.items()
+        },
+        "values": values,
+        "synthetic": synthetic_data(jobs),
+        "jobs": [str(j.dir) for j in jobs],
+    }
+
+
 def table_result(
     layout: str,
     title: str,
     sections: list[tuple[str, str]],
     settings: list[Setting],
     metrics: list[str],
+    cells: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """What a builder returns: the layout, a title, ``(label, markdown)`` sections, the settings' JSON.
+    """What a builder returns: the layout, a title, ``(label, markdown)`` sections, the settings' JSON and
+    the rows as ``cells`` (:func:`make_cell`) for the paper comparison.
 
     A builder may add ``note`` (shown under its table, in place of the footer on ± for layouts whose ± is
     not the standard deviation over folds, e.g. the MIL tables' standard error over repetitions).
@@ -208,21 +257,27 @@ def table_result(
         "title": title,
         "sections": sections,
         "settings": settings_json(settings, metrics),
+        "cells": cells or [],
     }
 
 
 # ---- the report ----------------------------------------------------------------------------------------------
 def build_report(sweep_dirs: Sequence[str | Path], names: Sequence[str]) -> dict[str, Any]:
     """The tables ``names`` for the jobs of ``sweep_dirs`` (see the module docstring)."""
+    from histo_lightning.reporting.compare import compare_result
+
     chosen = check_layouts(names)
     jobs = read_jobs(sweep_dirs)
+    tables = [layout.build(jobs) for layout in chosen]
+    for table in tables:
+        table["paper"] = compare_result(table)
     return {
         "sweep_dirs": [str(d) for d in sweep_dirs],
         "n_jobs": len(jobs),
         "n_finished": sum(1 for j in jobs if j.status == FINISHED),
         "n_failed": sum(1 for j in jobs if j.status == "failed"),
         "synthetic_data": synthetic_data(jobs),
-        "tables": [layout.build(jobs) for layout in chosen],
+        "tables": tables,
     }
 
 
@@ -250,6 +305,10 @@ def to_markdown(report: dict[str, Any], heading: str = "Paper tables") -> str:
             parts.append("Missing (running or killed; not included): " + ", ".join(missing))
         if table.get("note"):
             parts.append(table["note"])
+        if table.get("paper"):
+            from histo_lightning.reporting.compare import comparison_markdown
+
+            parts.append(comparison_markdown(table["paper"], level="###"))
     if any(not table.get("note") for table in report["tables"]):
         parts.append(
             "± is the population standard deviation over folds (ddof = 0), as in the papers."
@@ -331,13 +390,16 @@ __all__ = [
     "check_layouts",
     "fmt_mean_std",
     "fmt_value",
+    "fold_values",
     "group_jobs",
     "layouts",
+    "make_cell",
     "markdown_table",
     "register_table",
     "settings_json",
     "sort_key",
     "table_result",
     "to_markdown",
+    "value_entry",
     "write_report",
 ]

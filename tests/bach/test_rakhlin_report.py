@@ -16,7 +16,13 @@ import yaml
 from histo_lightning.data.bach import CLASS_NAMES
 from histo_lightning.metrics.bach import binary_metrics
 from histo_lightning.pipelines.rakhlin import report
-from histo_lightning.reporting.rakhlin_tables import model_label
+from histo_lightning.reporting.rakhlin_tables import (
+    SEED_AVERAGED,
+    FoldResult,
+    model_label,
+    model_row,
+    table1,
+)
 from histo_lightning.reporting.tables import write_report
 
 LAYOUTS = ["rakhlin.table1", "rakhlin.fig4"]
@@ -34,13 +40,21 @@ def _summary(sweep: Path) -> tuple[dict, dict, str]:
     )
 
 
-def _fake_ctx(tmp_path: Path, per_model: dict, unlabelled: dict, manifest: pd.DataFrame):
+def _fake_ctx(
+    tmp_path: Path,
+    per_model: dict,
+    unlabelled: dict,
+    manifest: pd.DataFrame,
+    per_seed: dict | None = None,
+):
     lightgbm_dir = tmp_path / "05_lightgbm"
     lightgbm_dir.mkdir()
     arrays = {"rows/test": np.arange(4), "rows/unlabelled": np.arange(4, 6)}
     for model in per_model:
         arrays[f"{model}/test"] = per_model[model]
         arrays[f"{model}/unlabelled"] = unlabelled[model]
+        for seed, probs in enumerate((per_seed or {}).get(model, [])):
+            arrays[f"{model}/test@seed{seed}"] = probs
     np.savez(lightgbm_dir / "probabilities.npz", **arrays)
     result = SimpleNamespace(
         path=lambda key: lightgbm_dir / "probabilities.npz", info={"models": list(per_model)}
@@ -66,9 +80,13 @@ def test_fusion_is_the_mean_of_the_models_and_the_report_is_written(tmp_path: Pa
     )
     u_a = np.array([[0.1, 0.1, 0.1, 0.7], [0.4, 0.3, 0.2, 0.1]])
     u_b = np.array([[0.1, 0.1, 0.5, 0.3], [0.1, 0.6, 0.2, 0.1]])
-    ctx = _fake_ctx(tmp_path, {"resnet50_400": a, "vgg16_650": b}, {"resnet50_400": u_a, "vgg16_650": u_b}, manifest)  # fmt: skip
+    # resnet50_400's two seeds: each seed's own accuracy is logged (Table 1's cells are their mean)
+    seeds = {"resnet50_400": [np.eye(4)[[0, 1, 2, 0]], np.eye(4)[[0, 0, 0, 0]]]}
+    ctx = _fake_ctx(tmp_path, {"resnet50_400": a, "vgg16_650": b}, {"resnet50_400": u_a, "vgg16_650": u_b}, manifest, seeds)  # fmt: skip
     out = report(ctx, setpoints=(0.33, 0.5))
     metrics = out["metrics"]
+    assert metrics["test/acc_resnet50_400@seed0"] == 0.75 and metrics["test/acc_resnet50_400@seed1"] == 0.25  # fmt: skip
+    assert not any(k.startswith("test/acc_vgg16_650@") for k in metrics)
     fused = (a + b) / 2
     labels = np.arange(4)
     assert metrics["test/acc"] == pytest.approx(np.mean(fused.argmax(1) == labels))
@@ -152,7 +170,8 @@ def test_table1_layout_pooled_two_class_and_averaged_submission(tmp_path: Path) 
         "std",
         "Model fusion",
     ]
-    assert table["columns"] == [*(f"f{k}" for k in range(1, 11)), "mean", "std"]
+    assert table["columns"] == [*(f"f{k}" for k in range(1, 11)), "mean", "std", SEED_AVERAGED]
+    assert not table["per_seed"]  # no per-seed accuracies logged: the seed-averaged ones, said so
     # the paper's printed summary values, from its per-fold numbers (population std over folds)
     assert rows["Model fusion"]["mean"] == pytest.approx(87.25)
     assert rows["Model fusion"]["std"] == pytest.approx(2.6, abs=0.05)
@@ -176,6 +195,11 @@ def test_table1_layout_pooled_two_class_and_averaged_submission(tmp_path: Path) 
         "Normal",
     ]  # 6 folds say InSitu, 4 Benign for test0
     assert "| **Model fusion** | 92.5 | 82.5 |" in text and "over the 400 pooled" in text
+    assert "logged no per-seed accuracies" in text
+    # beside the paper: the fusion's mean 87.25 against 87.2 ± 2.6, ResNet-400's 84.15 against 84.2 ± 4.2
+    assert "| Rakhlin et al. 2018, Table 1 | Model fusion | mean | 87.2 ± 2.6 | 87.2 ± 2.6 (n=10) | +0.0 | yes | real |" in text  # fmt: skip
+    assert "| Rakhlin et al. 2018, Table 1 | ResNet-400 | mean | 84.2 ± 4.2 | 84.2 ± 3.9 (n=10) | -0.0 | yes | real |" in text  # fmt: skip
+    assert "Not compared (they need split=official, the paper's own folds): f1, f2" in text
     assert "vs the best single model ResNet-400 84.2" in text
 
 
@@ -188,3 +212,38 @@ def test_incomplete_sweeps_are_summarised_without_a_submission(tmp_path: Path) -
     assert "submission.csv" not in fig4["files"] and not (tmp_path / "submission.csv").exists()
     assert "Missing (running or killed; not included)" in text and "8_fold9" in text
     assert model_label("inception_650") == "Inception-650" and model_label("uni_224") == "uni-224"
+
+
+def test_a_model_cell_is_the_mean_over_seeds_and_its_std_over_seed_x_fold_values() -> None:
+    """Rakhlin Table 1 computed both ways on a hand-made case: 2 folds × 3 seeds."""
+    seed_accs = {1: [0.90, 0.80, 0.85], 2: [0.70, 0.75, 0.80]}
+    averaged = {1: 0.90, 2: 0.80}  # the accuracy of the seed-averaged probabilities
+    folds = [
+        FoldResult(
+            fold=k,
+            dir=Path(f"f{k}"),
+            metrics={
+                "test/acc": 0.9,
+                "test/acc_resnet50_400": averaged[k],
+                **{f"test/acc_resnet50_400@seed{s}": v for s, v in enumerate(seed_accs[k])},
+            },
+            predictions=pd.DataFrame(),
+            unlabelled=None,
+        )
+        for k in (1, 2)
+    ]
+    row = model_row(folds, "resnet50_400")
+    # the paper's cells: per fold the mean over seeds; std over the six seed × fold values
+    assert row["f1"] == pytest.approx(85.0) and row["f2"] == pytest.approx(75.0)
+    assert row["mean"] == pytest.approx(80.0)
+    assert row["std"] == pytest.approx(np.sqrt(250 / 6))  # 6.45; over the two fold cells it is 5.0
+    assert row["n_values"] == 6 and row["per_seed"]
+    # the seed-averaged model stays as the extra column
+    assert row[SEED_AVERAGED] == pytest.approx(85.0)
+    # without per-seed accuracies (older runs): the seed-averaged ones, std over folds
+    for result in folds:
+        result.metrics = {k: v for k, v in result.metrics.items() if "@seed" not in k}
+    fallback = model_row(folds, "resnet50_400")
+    assert (fallback["f1"], fallback["f2"], fallback["std"]) == pytest.approx((90.0, 80.0, 5.0))
+    assert not fallback["per_seed"]
+    assert table1(folds)["models"] == ["resnet50_400"]

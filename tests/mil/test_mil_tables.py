@@ -1,5 +1,6 @@
 """Li et al.'s Table 1/2 layout (``mil.table1``/``mil.table2`` in the table registry) over a sweep: per
-repetition the mean over folds, then mean ± standard error over repetitions."""
+repetition the mean over folds, then mean ± standard error over repetitions; one row per setting (every
+override that differs), and the metrics pooled over the folds' test bags."""
 
 from __future__ import annotations
 
@@ -7,27 +8,44 @@ import json
 import math
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
-from histo_lightning.reporting.mil_tables import sweep_folders, write_tables
-from histo_lightning.reporting.sweep import read_jobs
+from histo_lightning.reporting.mil_tables import write_tables
+from histo_lightning.reporting.sweep import read_jobs, sweep_folders
 from histo_lightning.reporting.tables import build_report, layouts
 
 COLON = "histo_lightning.data.colon.ColonDataModule"
 
 
-def job(sweep: Path, n: int, method: str, fold: int, repeat: int, acc: float | None) -> None:
+def job(
+    sweep: Path,
+    n: int,
+    method: str,
+    fold: int,
+    repeat: int,
+    acc: float | None,
+    overrides: tuple[str, ...] = (),
+    bags: tuple[tuple[int, float], ...] | None = None,
+) -> Path:
+    """A MIL job (finished when ``acc`` is given); ``bags``: its test bags' (label, probability)."""
     folder = sweep / f"{n}_{method}_fold{fold}_r{repeat}"
     (folder / ".hydra").mkdir(parents=True)
     config = {"task_name": method, "fold": fold, "repeat": repeat, "dataset": {"_target_": COLON}}
     (folder / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
-    (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"fold={fold}"]))
-    (folder / "run_info.json").write_text(
-        json.dumps({"data": {"dataset": "colon_synthetic-abc"}, "synthetic_data": True})
-    )
+    listed = [f"experiment={method}", *overrides, f"fold={fold}", f"repeat={repeat}"]
+    (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(listed))
+    info = {"data": {"dataset": "colon_synthetic-abc"}, "synthetic_data": True}
+    if bags is not None:
+        info["stages"] = {"test": {"folder": "03_test"}}
+        (folder / "03_test").mkdir()
+        frame = pd.DataFrame(bags, columns=["label", "prob"])
+        frame.assign(pred=(frame["prob"] >= 0.5).astype(int)).to_csv(folder / "03_test" / "predictions.csv", index=False)  # fmt: skip
+    (folder / "run_info.json").write_text(json.dumps(info))
     if acc is not None:
         (folder / "metrics.json").write_text(json.dumps({"test/acc": acc, "test/fpr": 1 - acc}))
+    return folder
 
 
 def test_table_means_over_folds_then_mean_and_standard_error_over_repeats(tmp_path: Path) -> None:
@@ -55,8 +73,8 @@ def test_table_means_over_folds_then_mean_and_standard_error_over_repeats(tmp_pa
     [(_, md)] = write_tables(tmp_path)
     text = md.read_text()
     assert md.name == "mil_tables.md"
-    assert "| Our Model (softsign + AW) | 0.867 ± 0.088 |" in text
-    assert "| Our Model + FMB | 0.500 ± – |" in text and "Missing (running or killed" in text
+    assert "| Our Model | 0.867 ± 0.088 |" in text  # the paper's row names (package data)
+    assert "| Our Model+FMB | 0.500 ± – |" in text and "Missing (running or killed" in text
     assert "standard error" in text and "population standard deviation" not in text
 
 
@@ -70,3 +88,50 @@ def test_jobs_of_one_sweep_under_other_task_names_are_found(tmp_path: Path) -> N
     [(_, md)] = write_tables(own)
     assert md.parent.name == own.name and md.parent.parent.parent.name == "mil_aw"
     assert write_tables(tmp_path / "nothing" / "multiruns" / "x") == []
+
+
+def test_two_settings_of_one_experiment_are_two_rows_and_folds_pool(tmp_path: Path) -> None:
+    """``model.net.aw_factor=2,0.5`` in one sweep: one row each. Pooled: every fold's test bags at once."""
+    # aw_factor=2: fold 1 calls both positives right; fold 2 calls no bag positive (precision 0/0 → 0)
+    folds = {
+        "2": {1: ((1, 0.9), (1, 0.8), (0, 0.2)), 2: ((1, 0.3), (0, 0.1), (0, 0.4))},
+        "0.5": {1: ((1, 0.9), (0, 0.7), (0, 0.1)), 2: ((1, 0.6), (1, 0.2), (0, 0.3))},
+    }
+    n = 0
+    for factor, per_fold in folds.items():
+        for fold, bags in per_fold.items():
+            acc = sum((p > 0.5) == y for y, p in bags) / len(bags)
+            path = job(
+                tmp_path, n, "mil_aw", fold, 1, acc, (f"model.net.aw_factor={factor}",), bags
+            )
+            metrics = json.loads((path / "metrics.json").read_text())
+            positives = [(y, p > 0.5) for y, p in bags]
+            called = sum(c for _, c in positives)
+            tp = sum(1 for y, c in positives if y and c)
+            metrics["test/precision"] = (
+                tp / called if called else 0.0
+            )  # torchmetrics' zero_division=0
+            (path / "metrics.json").write_text(json.dumps(metrics))
+            n += 1
+    report = build_report([tmp_path], ["mil.table1"])
+    [table] = report["tables"]
+    rows = table["rows"]
+    assert list(rows) == ["mil_aw (model.net.aw_factor=0.5)", "mil_aw (model.net.aw_factor=2)"]
+    two = rows["mil_aw (model.net.aw_factor=2)"]
+    # fold mean: precision (1.0 + 0.0) / 2, the fold without a positive call counted
+    assert two["test/precision"]["mean"] == pytest.approx(0.5)
+    assert two["folds_without_positive_call"] == 1
+    # pooled: 2 positive calls of 6 bags, both right; recall 2 of 3 positives
+    assert two["pooled"]["test/precision"]["mean"] == pytest.approx(1.0)
+    assert two["pooled"]["test/recall"]["mean"] == pytest.approx(2 / 3)
+    assert two["pooled"]["test/acc"]["mean"] == pytest.approx(5 / 6)
+    half = rows["mil_aw (model.net.aw_factor=0.5)"]
+    assert half["pooled"]["test/precision"]["mean"] == pytest.approx(2 / 3)
+    assert half["folds_without_positive_call"] == 0
+    [(_, md)] = write_tables(tmp_path)
+    text = md.read_text()
+    assert "| Our Model (model.net.aw_factor=2) | 0.833 ± – | 0.500 ± – |" in text
+    assert "Pooled over the folds of each repetition" in text and "zero_division=0" in text
+    # the paper comparison under the table: both settings beside "Our Model", fold mean and pooled
+    assert "Our Model (model.net.aw_factor=0.5), pooled over folds" in text
+    assert "| Li et al., Table 1 | Our Model | Precision | 0.912 ± 0.010 | 0.500 (n=1) | -0.412 | no |" in text  # fmt: skip
