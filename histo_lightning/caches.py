@@ -97,9 +97,10 @@ def _entry(folder: Path, every: bool = False) -> CacheEntry:
 
 
 def _looks_like_store(folder: Path) -> bool:
-    """A store folder: it holds cache.json, or is an image cache older than cache.json."""
+    """A store folder: it holds cache.json, or is a store older than cache.json (an image cache, a
+    synthetic dataset tree)."""
     return (folder / INFO_FILE).is_file() or any(
-        (folder / name).is_file() for name in ("manifest.json", "pixels.u8")
+        (folder / name).is_file() for name in ("manifest.json", "pixels.u8", "SYNTHETIC_DATA.json")
     )
 
 

@@ -24,7 +24,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # numpy and pandas load on first use: `python -m histo_lightning.caches` starts fast
+if (
+    TYPE_CHECKING
+):  # numpy and pandas load on first use: `python -m histo_lightning.caches` starts fast
     import numpy as np
     import pandas as pd
 

@@ -178,7 +178,9 @@ def inspect(folder: str | Path, every: bool = False) -> Status:
     if not (folder / INFO_FILE).is_file():
         if not any(folder.iterdir()):
             return Status(State.ABSENT)
-        return Status(State.CORRUPT, f"it holds no {INFO_FILE}")
+        return Status(
+            State.OLD, f"no {INFO_FILE}: written before the store mechanism, or not a store"
+        )
     try:
         info = read_json(folder / INFO_FILE)
     except (OSError, ValueError) as err:
@@ -187,7 +189,9 @@ def inspect(folder: str | Path, every: bool = False) -> Status:
         version = info.get("store_format") if isinstance(info, dict) else None
         return Status(
             State.OLD,
-            f"written in an older store format ({version or 'before the store mechanism'})",
+            f"store format {version}, not {STORE_FORMAT}"
+            if version
+            else "written before the store mechanism",
             info if isinstance(info, dict) else None,
         )
     reason = check_files(folder, info.get("files") or {}, every=every)
