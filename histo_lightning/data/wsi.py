@@ -28,7 +28,6 @@ The machinery every slide-based experiment uses (first: SMSE on PAIP 2019, §IV-
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import threading
@@ -46,7 +45,7 @@ import pandas as pd
 import tifffile
 
 from histo_lightning.errors import ConfigError, CorruptImageError
-from histo_lightning.stores.keys import file_identity
+from histo_lightning.stores.keys import digest_int, file_identity
 from histo_lightning.stores.store import Store
 from histo_lightning.utils.logging import get_logger
 
@@ -319,8 +318,7 @@ class PatchSpec:
 
 
 def _slide_seed(seed: int, slide_name: str) -> np.random.SeedSequence:
-    digest = int.from_bytes(hashlib.sha256(slide_name.encode()).digest()[:8], "little")
-    return np.random.SeedSequence([int(seed), digest])
+    return np.random.SeedSequence([int(seed), digest_int(slide_name)])
 
 
 def label_patches(fraction: np.ndarray, centre: np.ndarray, spec: PatchSpec) -> np.ndarray:

@@ -44,6 +44,12 @@ def digest_bytes(chunks: Iterable[bytes], length: int | None = 16) -> str:
     return text if length is None else text[:length]
 
 
+def digest_int(text: str) -> int:
+    """A stable 64-bit number for ``text`` (the first 8 bytes of its sha256, little-endian): the same on
+    every machine and run, for seeding a random stream by a name (an image, a slide)."""
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+
+
 def canonical(value: Any) -> Any:
     """The JSON form of ``value`` (tuples as lists, numpy scalars and paths as strings)."""
     return json.loads(json.dumps(value, sort_keys=True, default=str))
@@ -145,6 +151,7 @@ __all__ = [
     "describe_differences",
     "digest",
     "digest_bytes",
+    "digest_int",
     "file_identity",
     "files_digest",
     "flatten",
