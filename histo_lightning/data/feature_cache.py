@@ -215,7 +215,8 @@ class FeatureCache:
                 else status.reason
             )
             raise StoreError(
-                f"feature cache {self.folder} is {status.state.value} ({rows}); readers see complete caches only"
+                f"feature cache {self.folder} is {status.state.value} ({rows}); readers see complete "
+                "caches only"
             )
         return np.load(self.folder / "features.npy", mmap_mode="r")
 
@@ -256,9 +257,8 @@ class FeatureCache:
                     else "the network produced NaN or infinite features"
                 )
             )
-        with (
-            self.store.lock()
-        ):  # never a write into a cache another process has completed meanwhile
+        # under the store's lock: never a write into a cache another process completed meanwhile
+        with self.store.lock():
             if self.complete:
                 return
             array = self._writable()
