@@ -49,7 +49,15 @@ from histo_lightning.stores.store import (
 CACHE_INFO = INFO_FILE
 LEFTOVER_MIN_AGE_S = 3600.0  # an unlocked temporary folder younger than this may be a running build
 # made_by entries that say nothing to a reader of the list (digests, file identities)
-_UNINFORMATIVE = {"files", "files_key", "samples", "manifest_sha256", "weights_sha256", "mtime_ns"}
+_UNINFORMATIVE = {
+    "files",
+    "files_key",
+    "samples",
+    "manifest_sha256",
+    "weights_sha256",
+    "mtime_ns",
+    "normalization",
+}
 
 
 @dataclass
@@ -161,15 +169,26 @@ def _human(size: float) -> str:
     return f"{size:.1f} TB"
 
 
-def describe_made_by(made_by: dict[str, Any], width: int = 100) -> str:
-    """``dataset=…, encoder.name=…, crop_size=…``: the readable entries of ``made_by`` (no digests)."""
-    parts = []
+def describe_made_by(made_by: dict[str, Any], width: int = 110) -> str:
+    """``dataset=…, encoder=…, crop_size=…``: the readable entries of ``made_by`` (no digests, no
+    versions), the dataset first, then what produced it (the encoder), then the settings."""
+    entries = []
     for key, value in flatten(made_by).items():
         names = key.split(".")
         if set(names) & _UNINFORMATIVE or isinstance(value, (dict, list)) or value in (None, ""):
             continue
-        parts.append(f"{'.'.join(names[-2:]) if len(names) > 1 else key}={value}")
-    text = ", ".join(parts)
+        if names[-1].endswith("version") or names[-1] in (
+            "output_key",
+            "root",
+            "reader",
+            "generator",
+        ):
+            continue
+        label = ".".join(names[-2:]) if names[-1] == "name" and len(names) > 1 else names[-1]
+        identity = names[-1] in ("encoder", "name", "crop_size", "subset", "dtype")
+        rank = 0 if "dataset" in names else 1 if identity else 2
+        entries.append((rank, f"{label}={value}"))
+    text = ", ".join(part for _, part in sorted(entries, key=lambda e: e[0]))
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
