@@ -310,23 +310,30 @@ def default_cache_dirs() -> list[Path]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    where = argparse.ArgumentParser(add_help=False)  # --cache-dir before or after the command
+    where.add_argument(
+        "--cache-dir",
+        action="append",
+        default=argparse.SUPPRESS,
+        help="a folder of stores (repeatable; default: paths.cache_dir and paths.data_dir/synthetic)",
+    )
     parser = argparse.ArgumentParser(
         prog="python -m histo_lightning.caches",
         description="List, verify or prune the stores (caches and generated datasets).",
-    )
-    parser.add_argument(
-        "--cache-dir",
-        action="append",
-        default=None,
-        help="a folder of stores (repeatable; default: paths.cache_dir and paths.data_dir/synthetic)",
+        parents=[where],
     )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser(
-        "list", help="size on disk, state, kind, last use and origin of every store"
+        "list",
+        parents=[where],
+        help="size on disk, state, kind, last use and origin of every store",
     )
-    commands.add_parser("verify", help="check every store's files; exit 1 naming each corrupt one")
+    commands.add_parser(
+        "verify", parents=[where], help="check every store's files; exit 1 naming each corrupt one"
+    )
     pruning = commands.add_parser(
         "prune",
+        parents=[where],
         help="remove stores unused for N days, unreadable stores and leftovers of interrupted builds",
     )
     group = pruning.add_mutually_exclusive_group(required=True)
@@ -336,7 +343,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     pruning.add_argument("--dry-run", action="store_true", help="list what would be removed")
     args = parser.parse_args(argv)
-    cache_dirs = [Path(d) for d in args.cache_dir] if args.cache_dir else default_cache_dirs()
+    chosen = getattr(args, "cache_dir", None)
+    cache_dirs = [Path(d) for d in chosen] if chosen else default_cache_dirs()
     if args.command == "list":
         list_caches(cache_dirs)
         return 0
