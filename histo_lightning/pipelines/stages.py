@@ -309,10 +309,11 @@ class PredictStage(Stage):
       complete). Chosen over keeping a limited run's rows in its own folder because its readers need
       every row (MIL feature bags read every instance, FMB's K-means any hard negative, LightGBM every
       image of the fold), so a limited run could not use the rows it kept; the rows it computes are
-      the ones the next full run would compute, so nothing is wasted. Measured on a 2-core CPU (one
-      thread): ``mil_hnm dataset=colon_synthetic debug=smoke`` spends about 10 s more on its 11,431
-      instance features; ``rakhlin_demo debug=smoke`` about 4.5 minutes more on its four descriptor
-      caches of 100 images, on a cold cache only (the full run after it then computes nothing).
+      the ones the next full run would compute, so nothing is wasted. Measured on a shared 2-core CPU
+      (one thread), cold cache: ``mil_hnm dataset=colon_synthetic debug=smoke`` computes its 11,431
+      instance features in 21 s (its two limited batches: about 1 s); ``rakhlin_demo debug=smoke`` its four
+      descriptor caches of 100 images in 265 s (8 images each: 21 s in all); the same smoke commands on
+      the warm cache then take 65 s and 90 s.
     * a stage's *own* store (``output.shared: false``: mining scores, embeddings for a t-SNE) is an
       evaluation: a limited run predicts the samples the limit allows (the first ``limit × batch_size``)
       and its store holds exactly those, complete (``source_index`` in the manifest names the original
