@@ -6,6 +6,7 @@ Importable as ``tests.pipeline_toy`` from the repository root, so configs can na
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import numpy as np
@@ -136,6 +137,25 @@ class ToyClassifier(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
 
 
+class ToyEncoder(pl.LightningModule):
+    """A frozen "encoder" with fixed weights and a fingerprint: its features go to a SHARED store."""
+
+    def __init__(self, dim: int = 3) -> None:
+        super().__init__()
+        self.projection = nn.Linear(8, dim)
+        with torch.no_grad():
+            self.projection.weight.copy_(torch.linspace(-1, 1, 8 * dim).reshape(dim, 8))
+            self.projection.bias.zero_()
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"encoder": "toy", "dim": self.projection.out_features}
+
+    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
+        crash_point("encode", batch_idx)
+        time.sleep(float(os.environ.get("TOY_ENCODE_DELAY", "0")))  # a slow encoder (sweep tests)
+        return {"index": batch["index"], "features": torch.tanh(self.projection(batch["x"]))}
+
+
 class SimulatedCrash(RuntimeError):
     """Raised by :func:`crash_point` where ``TOY_CRASH=<where>:<count>`` says."""
 
@@ -153,6 +173,13 @@ def mean_feature_norm(ctx: Any, scale: float = 1.0) -> dict[str, Any]:
     norm = float(np.linalg.norm(features, axis=1).mean()) * scale
     write_text_atomic(ctx.dir / "norm.txt", f"{norm}\n")
     return {"metrics": {"mean_norm": norm}, "outputs": {"norm_file": "norm.txt"}}
+
+
+def shared_feature_norm(ctx: Any) -> dict[str, Any]:
+    """A function stage reading the shared store of the ``encode`` stage (every row must be there)."""
+    cache = FeatureCache.reopen(ctx.result("encode").path("cache"), require_complete=True)
+    features = np.asarray(cache.features(), dtype=np.float64)
+    return {"metrics": {"shared_norm": float(np.linalg.norm(features, axis=1).mean())}}
 
 
 TOY_PIPELINE = {
@@ -175,5 +202,22 @@ TOY_PIPELINE = {
             "fn": "tests.pipeline_toy.mean_feature_norm",
             "kwargs": {"scale": 1.0},
         },
+    },
+}
+
+
+# a pipeline with a SHARED store (a frozen encoder over the training samples) before the toy stages
+SHARED_PIPELINE = {
+    "name": "toy with a shared store",
+    "stages": {
+        "encode": {
+            "kind": "predict",
+            "module": {"_target_": "tests.pipeline_toy.ToyEncoder"},
+            "subset": "train",
+            "batch_size": 4,
+            "output": {"shared": True, "flush_every": 4, "dtype": "float32"},
+        },
+        **TOY_PIPELINE["stages"],
+        "shared_report": {"kind": "function", "fn": "tests.pipeline_toy.shared_feature_norm"},
     },
 }

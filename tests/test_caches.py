@@ -1,4 +1,5 @@
-"""``python -m histo_lightning.caches list|prune``: caches describe themselves; stale ones go."""
+"""``python -m histo_lightning.caches list|verify|prune``: stores describe themselves (what made them,
+their state, their size on disk), verify finds the corrupt ones, stale ones go."""
 
 from __future__ import annotations
 
@@ -10,12 +11,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from filelock import FileLock
 from PIL import Image
 
-from histo_lightning.caches import find_caches, list_caches, prune
+from histo_lightning.caches import find_caches, list_caches, prune, verify
+from histo_lightning.data.feature_cache import FeatureCache
 from histo_lightning.data.image_store import MemmapImageCache
-from histo_lightning.data.wsi import mark_index_cache
 from tests.conftest import ROOT
 
 DAY = 86400.0
@@ -36,19 +38,44 @@ def _age(path: Path, days: float) -> None:
     os.utime(path, (stamp, stamp))
 
 
-def test_list_shows_kind_size_origin_and_use(tmp_path: Path) -> None:
+def _features(folder: Path, n: int, rows: int, encoder: str = "resnet18") -> FeatureCache:
+    """A feature cache of ``n`` rows of 256 float16 values, ``rows`` of them written (all: complete)."""
+    manifest = pd.DataFrame(
+        {"index": np.arange(n), "origin": "x.png", "patient": "p", "label": np.arange(n) % 2}
+    )
+    made_by = {"producer": {"encoder": {"name": encoder}}, "data": {"dataset": "toy"}}
+    cache = FeatureCache.open(folder, made_by, manifest, (256,))
+    cache.write(np.arange(rows), np.ones((rows, 256), np.float32), "r0-test-000000")
+    cache.finalize()
+    return cache
+
+
+def test_list_shows_state_kind_real_size_origin_and_use(tmp_path: Path) -> None:
     cache_dir = tmp_path / "cache"
     images = _image_cache(tmp_path, cache_dir)
-    mark_index_cache(cache_dir / "patch_index" / "paip2019", tmp_path)
+    complete = _features(cache_dir / "features" / "done", 64, 64)
+    partial = _features(cache_dir / "features" / "half", 40_000, 100, encoder="vgg16")
+    corrupt = _features(cache_dir / "features" / "cut", 64, 64)
+    with open(corrupt.folder / "features.npy", "r+b") as handle:
+        handle.truncate(1000)
     out = io.StringIO()
-    entries = list_caches(cache_dir, out=out)
-    assert {e.kind for e in entries} == {"images", "patch_index"}
-    (entry,) = [e for e in entries if e.kind == "images"]
-    assert entry.path == images.folder and entry.size_bytes > 3 * 8 * 9 * 3
-    assert entry.made_by["dataset"] == "toy" and entry.made_by["images"] == 3
+    entries = {e.path: e for e in list_caches(cache_dir, out=out)}
+    assert {e.kind for e in entries.values()} == {"images", "features"}
+    assert entries[images.folder].made_by["dataset"] == "toy"
+    assert entries[images.folder].made_by["images"] == 3
+    states = {p: entries[p].state for p in (complete.folder, partial.folder, corrupt.folder)}
+    assert states == {
+        complete.folder: "complete",
+        partial.folder: "partial",
+        corrupt.folder: "corrupt",
+    }
+    # the real size on disk: a partial cache allocates 20 MB (sparse) and holds 100 rows
+    apparent = (partial.folder / "features.npy").stat().st_size
+    assert apparent > 40_000 * 256 * 2 and entries[partial.folder].size_bytes < apparent / 4
     text = out.getvalue()
-    assert "images" in text and "dataset=toy" in text and "total in 2 cache(s)" in text
-    # opening a cache again marks it used
+    assert "dataset=toy" in text and "encoder.name=vgg16" in text and "total in 4 item(s)" in text
+    assert "features.npy holds 1,000 bytes" in text  # why the corrupt one is corrupt
+    # opening a store again marks it used
     _age(images.folder / ".last_used", 10)
     _image_cache(tmp_path, cache_dir)
     (again,) = [e for e in find_caches(cache_dir) if e.kind == "images"]
@@ -82,12 +109,26 @@ def test_prune_removes_stale_caches_and_leftovers_but_not_a_running_build(tmp_pa
     assert fresh.is_dir()
 
 
-def test_the_command_line(tmp_path: Path) -> None:
+def test_verify_names_the_corrupt_store_and_the_command_line(tmp_path: Path) -> None:
     cache_dir = tmp_path / "cache"
     _image_cache(tmp_path, cache_dir)
+    _features(cache_dir / "features" / "half", 64, 10)
     command = [sys.executable, "-m", "histo_lightning.caches", "--cache-dir", str(cache_dir)]
     listed = subprocess.run([*command, "list"], cwd=ROOT, capture_output=True, text=True)
     assert listed.returncode == 0 and "images" in listed.stdout, listed.stderr
+    assert "partial" in listed.stdout and "complete" in listed.stdout
+    checked = subprocess.run([*command, "verify"], cwd=ROOT, capture_output=True, text=True)
+    assert checked.returncode == 0 and "Checked 2 store(s): 0 corrupt" in checked.stdout
+    # damage inside the pixels (same size): the checksum finds it
+    (pixels,) = cache_dir.glob("images/*/pixels.u8")
+    data = bytearray(pixels.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    pixels.write_bytes(bytes(data))
+    err = io.StringIO()
+    assert [e.path for e in verify(cache_dir, out=io.StringIO(), err=err)] == [pixels.parent]
+    assert err.getvalue().startswith(f"error: images store {pixels.parent} is corrupt: pixels.u8")
+    checked = subprocess.run([*command, "verify"], cwd=ROOT, capture_output=True, text=True)
+    assert checked.returncode == 1 and str(pixels.parent) in checked.stderr
     dry = subprocess.run(
         [*command, "prune", "--older-than", "0", "--dry-run"],
         cwd=ROOT,
@@ -95,4 +136,6 @@ def test_the_command_line(tmp_path: Path) -> None:
         text=True,
     )
     assert dry.returncode == 0 and "Would free" in dry.stdout and "toy-" in dry.stdout
-    assert len(list(find_caches(cache_dir))) == 1
+    assert len(list(find_caches(cache_dir))) == 2
+    # without an age, prune removes only what can never be read again (the corrupt store)
+    assert [e.path for e in prune(cache_dir, None, out=io.StringIO())] == [pixels.parent]

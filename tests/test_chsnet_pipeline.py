@@ -152,9 +152,7 @@ def test_mining_under_ddp_equals_single_process_mining(
     assert any("process_1" in p.name for p in run_dir.iterdir())  # the second rank ran
     cache = FeatureCache.reopen(run_dir / "02_mining" / "features")
     progress = {p.name.split("-")[0] for p in (cache.folder / "progress").iterdir()}
-    assert cache.complete and (
-        progress == {"r0", "r1"} or (cache.folder / "complete.json").is_file()
-    )
+    assert cache.complete and progress == {"r0", "r1"}
     # one process predicts the same checkpoint
     cfg = make_cfg(overrides, name="single")
     datamodule = build_datamodule(cfg)

@@ -1,8 +1,13 @@
-"""The feature cache: keyed by its producer (refuses anything else, naming the difference), resumable
-by chunks, float16 by default, one memmap of N x D or N x A x D rows."""
+"""The feature cache: keyed by its producer (refuses anything else, naming the difference), partial then
+complete (resumable by chunks), checked on open (a truncated file is rebuilt, or refused in one line by a
+reader), filled by one process at a time, float16 by default, one memmap of N x D or N x A x D rows."""
 
 from __future__ import annotations
 
+import json
+import logging
+import multiprocessing
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +20,7 @@ from histo_lightning.data.feature_cache import (
     default_cache_dir,
 )
 from histo_lightning.errors import ConfigError
+from histo_lightning.stores.store import State, StoreError
 
 
 def _manifest(n: int) -> pd.DataFrame:
@@ -73,9 +79,9 @@ def test_chunks_resume_and_rows_are_float16_by_default(tmp_path: Path) -> None:
     cache = FeatureCache.open(tmp_path / "f", MADE_BY, _manifest(6), (3, 4))
     cache.write(np.array([4, 0]), values[[4, 0]], "r0-a-000000")  # a chunk, then a "crash"
     reopened = FeatureCache.open(tmp_path / "f", MADE_BY, _manifest(6), (3, 4))
-    assert reopened.missing().tolist() == [1, 2, 3, 5] and not reopened.complete
-    with pytest.raises(RuntimeError, match="incomplete"):
-        reopened.features()
+    assert reopened.missing().tolist() == [1, 2, 3, 5] and reopened.state == State.PARTIAL
+    with pytest.raises(StoreError, match=r"is partial \(4 of 6 rows missing\)"):
+        reopened.features()  # readers only ever see complete caches
     reopened.write(np.array([1, 2, 3, 5]), values[[1, 2, 3, 5]], "r1-b-000000")  # another rank
     assert reopened.finalize() and reopened.complete
     stored = reopened.features()
@@ -96,3 +102,80 @@ def test_bad_rows_are_refused(tmp_path: Path) -> None:
     assert cache.missing().tolist() == [0, 1, 2]  # nothing recorded by a refused write
     with pytest.raises(ConfigError, match="dtype"):
         FeatureCache.open(tmp_path / "h", MADE_BY, _manifest(3), (2,), dtype="int8")
+
+
+def test_states_absent_partial_complete_and_a_truncated_file_rebuilt(
+    tmp_path: Path, caplog
+) -> None:
+    folder = tmp_path / "f"
+    values = np.arange(24, dtype=np.float32).reshape(6, 4)
+    cache = FeatureCache.open(folder, MADE_BY, _manifest(6), (4,), dtype="float32")
+    info = json.loads((folder / "cache.json").read_text())
+    assert info["state"] == "partial" and info["kind"] == "features"
+    assert info["made_by"]["encoder"]["name"] == "resnet18"
+    cache.write(np.arange(6), values, "r0-a-000000")
+    assert cache.finalize() and cache.state == State.COMPLETE
+    info = json.loads((folder / "cache.json").read_text())
+    assert info["state"] == "complete" and info["files"]["features.npy"]["checksum"]
+    assert info["files"]["features.npy"]["size"] == (folder / "features.npy").stat().st_size
+    with open(folder / "features.npy", "r+b") as handle:  # cut short
+        handle.truncate(100)
+    # a reader of a finished stage's cache cannot recompute it: one line naming it and why
+    with pytest.raises(
+        StoreError, match=r"f is corrupt \(features.npy holds 100 bytes, 224 recorded"
+    ):
+        FeatureCache.reopen(folder)
+    with pytest.raises(StoreError, match="corrupt"):
+        cache.features()
+    # its producer rebuilds it, saying so, and computes every row again (never "all rows cached")
+    with caplog.at_level(logging.WARNING):
+        rebuilt = FeatureCache.open(folder, MADE_BY, _manifest(6), (4,), dtype="float32")
+    assert any(
+        "features.npy holds 100 bytes" in r.getMessage() and "rebuilding it" in r.getMessage()
+        for r in caplog.records
+    )
+    assert rebuilt.state == State.PARTIAL and rebuilt.missing().tolist() == list(range(6))
+    # a cache written before the store mechanism (no store_format) is never mixed: in a folder the user
+    # chose it is refused in one line; in a keyed folder (owned) it is rebuilt once
+    rebuilt.write(np.arange(6), values, "r0-b-000000")
+    rebuilt.finalize()
+    info = json.loads((folder / "cache.json").read_text())
+    del info["store_format"]
+    (folder / "cache.json").write_text(json.dumps(info))
+    with pytest.raises(StoreError, match=r"is old format .* delete it"):
+        FeatureCache.open(folder, MADE_BY, _manifest(6), (4,), "float32")
+    again = FeatureCache.open(folder, MADE_BY, _manifest(6), (4,), "float32", owned=True)
+    assert again.state == State.PARTIAL and len(again.missing()) == 6
+
+
+def _fill(folder: str, log_file: str, worker: int) -> None:
+    """One process needing the cache: open, fill what is missing in chunks (slowly), complete."""
+    cache = FeatureCache.open(Path(folder), MADE_BY, _manifest(12), (2,), dtype="float32")
+    with cache.filling():
+        missing = cache.missing()
+        for chunk in np.array_split(missing, 3) if len(missing) else []:
+            time.sleep(0.2)
+            cache.write(
+                chunk, np.stack([chunk, chunk], 1).astype(np.float32), f"w{worker}-{chunk[0]}"
+            )
+            with open(log_file, "a") as handle:
+                handle.write(f"{worker} {len(chunk)}\n")
+        cache.finalize()
+    assert cache.complete
+
+
+def test_two_processes_needing_one_cache_compute_each_row_once(tmp_path: Path) -> None:
+    context = multiprocessing.get_context("fork")
+    log_file = tmp_path / "written.txt"
+    workers = [
+        context.Process(target=_fill, args=(str(tmp_path / "f"), str(log_file), w)) for w in (1, 2)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    assert [w.exitcode for w in workers] == [0, 0]  # neither fails
+    written = [line.split() for line in log_file.read_text().splitlines()]
+    assert sum(int(n) for _, n in written) == 12  # every row computed once: one filled, one waited
+    cache = FeatureCache.reopen(tmp_path / "f", require_complete=True)
+    np.testing.assert_array_equal(cache.features()[:, 0], np.arange(12))

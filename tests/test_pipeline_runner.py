@@ -18,7 +18,8 @@ from omegaconf import OmegaConf, open_dict
 from histo_lightning.data.feature_cache import FeatureCache
 from histo_lightning.errors import ConfigError
 from histo_lightning.pipelines.runner import run_pipeline
-from tests.pipeline_toy import TOY_PIPELINE, SimulatedCrash
+from histo_lightning.stores.store import StoreError
+from tests.pipeline_toy import SHARED_PIPELINE, TOY_PIPELINE, SimulatedCrash
 
 
 @pytest.fixture
@@ -125,6 +126,59 @@ def test_an_interrupted_prediction_computes_only_the_missing_rows(toy_cfg, monke
     np.testing.assert_array_equal(cache.features(), reference.features())
 
 
+def _shared_cfg(toy_cfg, tmp_path: Path, name: str, limit: int | None = None):
+    cfg = toy_cfg(name, pipeline=SHARED_PIPELINE)
+    with open_dict(cfg):
+        cfg.paths.cache_dir = str(tmp_path / "cache")  # a cold cache of this test's own
+        cfg.pipeline.stages.fit.max_epochs = 1
+        if limit is not None:
+            cfg.trainer.limit_predict_batches = limit
+    return cfg
+
+
+def test_a_limited_run_leaves_no_half_built_store_for_a_later_run(toy_cfg, tmp_path) -> None:
+    smoke = _shared_cfg(toy_cfg, tmp_path, "smoke", limit=2)
+    metrics = run_pipeline(smoke)
+    stages = _info(smoke)["stages"]
+    # the shared store is computed complete despite the limit (48 training samples, not 2 batches of 4)
+    assert stages["encode"]["computed"] == stages["encode"]["rows"] == 48
+    shared = FeatureCache.reopen(stages["encode"]["outputs"]["cache"], require_complete=True)
+    assert shared.n == 48 and "shared_report/shared_norm" in metrics
+    # the stage's own store holds exactly the samples the limit reached, complete
+    own = FeatureCache.reopen(Path(smoke.paths.output_dir) / "03_embed" / "features", True)
+    assert own.n == 8 and own.source_rows == 24
+    assert own.manifest["source_index"].tolist() == list(range(8))
+    # a full run on the same cache computes none of the shared rows, and all of its own
+    full = _shared_cfg(toy_cfg, tmp_path, "full")
+    run_pipeline(full)
+    stages = _info(full)["stages"]
+    assert stages["encode"]["computed"] == 0 and stages["embed"]["computed"] == 24
+    assert FeatureCache.reopen(stages["encode"]["outputs"]["cache"]).folder == shared.folder
+
+
+def test_a_truncated_store_is_computed_again_or_refused_in_one_line(toy_cfg, tmp_path, caplog):
+    cfg = _shared_cfg(toy_cfg, tmp_path, "run")
+    first = run_pipeline(cfg)
+    shared = Path(_info(cfg)["stages"]["encode"]["outputs"]["cache"])
+    with open(
+        shared / "features.npy", "r+b"
+    ) as handle:  # cut short, as a full disk or a kill would
+        handle.truncate(200)
+    # a reader that cannot recompute it names it in one line
+    with pytest.raises(
+        StoreError, match=r"feature cache .* is corrupt \(features.npy holds 200 bytes"
+    ):
+        FeatureCache.reopen(shared, require_complete=True)
+    # the rerun skips the finished stage but computes its damaged store again before anyone reads it
+    with caplog.at_level(logging.WARNING):
+        again = run_pipeline(_shared_cfg(toy_cfg, tmp_path, "run"))
+    assert again == first and _statuses(cfg)["encode"] == "skipped"
+    warnings = " | ".join(r.getMessage() for r in caplog.records)
+    assert "features.npy holds 200 bytes" in warnings and "computing it again" in warnings
+    assert "rebuilding it" in warnings
+    assert FeatureCache.reopen(shared, require_complete=True).n == 48
+
+
 def test_resume_false_redoes_every_stage(toy_cfg) -> None:
     run_pipeline(toy_cfg())
     cfg = toy_cfg()
@@ -166,6 +220,8 @@ def _toy_config_dir(root: Path) -> Path:
     (root / "experiment").mkdir()
     (root / "dataset" / "toy.yaml").write_text("_target_: tests.pipeline_toy.ToyDataModule\n")
     (root / "pipeline" / "toy.yaml").write_text(yaml.safe_dump(TOY_PIPELINE, sort_keys=False))
+    shared = yaml.safe_dump(SHARED_PIPELINE, sort_keys=False)
+    (root / "pipeline" / "toy_shared.yaml").write_text(shared)
     (root / "experiment" / "toy.yaml").write_text(
         "# @package _global_\n"
         "defaults:\n  - override /dataset: toy\n  - override /pipeline: toy\n"
@@ -204,3 +260,40 @@ def test_every_rank_runs_the_stages_under_ddp(tmp_path: Path) -> None:
     assert again.returncode == 0, again.stderr[-3000:]
     info = json.loads((run_dir / "run_info.json").read_text())
     assert {s["status"] for s in info["stages"].values()} == {"skipped"}
+
+
+@pytest.mark.slow  # two joblib workers start Python, torch and Lightning (~1-2 min on 2 busy cores)
+def test_a_parallel_sweep_on_a_cold_cache_finishes_both_jobs(tmp_path: Path) -> None:
+    """Two joblib jobs need the same (cold) shared store at once: one fills it (slowly, so that the other
+    arrives meanwhile), the other waits for it and computes nothing; both finish. (The same cooperation
+    without the launcher, in a second: tests/test_feature_cache.py.)"""
+    from tests.conftest import run_cli
+
+    config_dir = _toy_config_dir(tmp_path / "conf")
+    logs = tmp_path / "logs"
+    result = run_cli(
+        [
+            "-m",
+            f"hydra.searchpath=[file://{config_dir}]",
+            "experiment=toy",
+            "pipeline=toy_shared",
+            "trainer.max_epochs=1",
+            "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=2",
+            "seed=1,2",
+            f"paths.log_dir={logs}",
+            f"paths.data_dir={tmp_path / 'data'}",
+        ],
+        env={"OMP_NUM_THREADS": "1", "TOY_ENCODE_DELAY": "0.5"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    infos = [
+        json.loads(p.read_text()) for p in sorted(logs.glob("toy/multiruns/*/*/run_info.json"))
+    ]
+    assert len(infos) == 2 and all(
+        "shared_report/shared_norm" in i["stages"]["shared_report"]["metrics"] for i in infos
+    )
+    encode = [i["stages"]["encode"] for i in infos]
+    assert sorted(e["computed"] for e in encode) == [0, 48]  # built once, never twice
+    assert encode[0]["outputs"]["cache"] == encode[1]["outputs"]["cache"]
+    assert FeatureCache.reopen(encode[0]["outputs"]["cache"]).complete

@@ -44,11 +44,10 @@ SYNTHETIC_NOTE = "\n_Synthetic data: these numbers say nothing about real perfor
 def bag_outputs(
     cache: FeatureCache,
 ) -> tuple[pd.DataFrame, np.ndarray, list[np.ndarray], list[np.ndarray]]:
-    """``(manifest rows, probabilities, attention per bag, member indices per bag)`` of the computed
-    rows of a mining cache (every row, unless a debug run limited the prediction)."""
-    rows = cache.done_indices()
-    manifest = cache.manifest.iloc[rows].reset_index(drop=True)
-    scores = np.asarray(cache.features(allow_partial=True)[rows], dtype=np.float64)
+    """``(manifest rows, probabilities, attention per bag, member indices per bag)`` of a (complete)
+    mining cache: every training bag, or the bags a limited run predicted."""
+    manifest = cache.manifest
+    scores = np.asarray(cache.features(), dtype=np.float64)
     sizes = manifest["n_instances"].to_numpy(dtype=np.int64)
     firsts = manifest["first_instance"].to_numpy(dtype=np.int64)
     attention = [scores[i, 1 : 1 + n] for i, n in enumerate(sizes)]
@@ -138,7 +137,7 @@ class HardNegativeMining(pl.Callback):
             else 0.0,
             "training_accuracy": float(((probs >= self.threshold) == (labels == 1)).mean()),
             "rows_predicted": len(labels),
-            "rows_total": cache.n,
+            "rows_total": cache.source_rows,
             "synthetic_data": bool(datamodule.is_synthetic),
         }
         with atomic_path(ctx.dir / "hard_negatives.csv") as tmp:

@@ -92,11 +92,9 @@ class HardExampleMining(pl.Callback):
         self.threshold = float(threshold)
 
     def on_features_ready(self, cache: FeatureCache, ctx: StageContext) -> dict[str, Any]:
-        done = (
-            cache.done_indices()
-        )  # every row, except in debug runs that limit the predict batches
-        manifest = cache.manifest.iloc[done]
-        probs = np.asarray(cache.features(allow_partial=True)[done], dtype=np.float64).reshape(-1)
+        # every training patch (or the patches a limited run predicted, in the stage's own store)
+        manifest = cache.manifest
+        probs = np.asarray(cache.features(), dtype=np.float64).reshape(-1)
         labels = manifest["label"].to_numpy(dtype=np.int64)
         report = mining_report(labels, probs, self.threshold)
         hard = (labels == 0) & (probs > self.threshold)

@@ -50,8 +50,8 @@ from histo_lightning.data.splits import (
 )
 from histo_lightning.data.transforms import seed_transforms, worker_init
 from histo_lightning.errors import ConfigError, CorruptImageError
+from histo_lightning.stores.keys import digest, frame_digest
 from histo_lightning.utils.batchnorm import lone_last_batch
-from histo_lightning.utils.fingerprint import digest, frame_digest
 from histo_lightning.utils.logging import get_logger
 
 log = get_logger(__name__)

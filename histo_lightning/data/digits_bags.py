@@ -30,7 +30,6 @@ gives the authors' code's ``int(N(mean, std))`` instead.
 from __future__ import annotations
 
 import gzip
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -46,6 +45,7 @@ from histo_lightning.data.instance_store import BagArrays
 from histo_lightning.data.splits import carve_validation
 from histo_lightning.errors import ConfigError, DatasetLayoutError
 from histo_lightning.mil.folds import repeat_seed
+from histo_lightning.stores.keys import array_digest
 
 TARGET_DIGIT = 9
 SAMPLING = ("balanced", "unbalanced")
@@ -365,10 +365,7 @@ class DigitBagsDataModule(BagDataModule):
 
     def data_key(self) -> str:
         assert self.bags is not None
-        sha = hashlib.sha256()
-        for array in (self.bags.instances, self.bags.offsets, self.bags.labels):
-            sha.update(np.ascontiguousarray(array).tobytes())
-        return sha.hexdigest()[:16]
+        return array_digest([self.bags.instances, self.bags.offsets, self.bags.labels])
 
     def sample_settings(self) -> dict[str, Any]:
         return {**super().sample_settings(), "sampling": self.spec.__dict__}

@@ -1,26 +1,35 @@
 """A feature cache: per-sample outputs of a frozen network, written once, reused by every method and fold.
 
-One cache is one folder::
+One cache is one store of the store mechanism (:mod:`histo_lightning.stores.store`: key, lock, atomic
+creation, ``cache.json``, explicit state, verification on open), kind ``features``::
 
     cache.json      what made it ("made_by": encoder and its weights' sha256, transforms, augmentation
-                    seeds, the data files, the code version), the array's shape and dtype; written first
+                    seeds, the data files, the code version), its layout (the array's shape and dtype, the
+                    manifest's digest), its state (partial while being filled, then complete) and its files
+                    (sizes; checksums once complete)
     manifest.csv    one row per sample, in row order: index, origin (source file), patient, label, ...
     features.npy    one memory-mapped array, N × D, or N × A × D when every sample has A views (augmentations)
     progress/       one small file per flushed chunk: the sample indices whose rows are on disk
-    complete.json   written when every row is (counts, time)
-    .last_used      touched on every open (``python -m histo_lightning.caches list|prune`` finds caches by
-                    their ``cache.json``: kind ``features``, ``made_by``, ``created``)
+    .last_used      touched on every open (``python -m histo_lightning.caches list|verify|prune``)
 
-* **Keyed and never mixed.** Opening a folder that holds a cache made by anything else (another encoder,
-  another transform, other data, another shape or dtype) raises :class:`FeatureCacheMismatch`, naming
-  each difference; nothing is overwritten. A default folder name carries a digest of ``made_by``, so
-  different producers land in different folders and the same producer finds its cache again
-  (:func:`default_cache_dir`).
-* **Resumable.** Rows are written in chunks; a chunk's progress file is written (atomically, after the
-  rows are flushed to disk) only once its rows are safe. A crash leaves the finished chunks; the rerun asks
-  :meth:`FeatureCache.missing` and computes only the rest.
-* **DDP.** Every rank writes its own samples into the same array (disjoint rows) with its own progress
-  files; creation is serialised by a file lock, so all ranks open the same cache.
+* **Keyed and never mixed.** A default folder (:func:`default_cache_dir`) is named by a digest of
+  ``made_by``; a folder given explicitly (``output.path``) that holds a cache made by anything else (another encoder, another transform, other data, another shape or dtype)
+  raises :class:`FeatureCacheMismatch`, naming each difference; nothing is overwritten.
+* **Partial, then complete.** A cache is created *partial* (the array allocated at full size, sparse on
+  disk) and filled in chunks; a chunk's progress file is written (atomically, after the rows are flushed
+  to disk) only once its rows are safe. A crash leaves the finished chunks; the next run that needs the
+  cache asks :meth:`FeatureCache.missing` and computes only the rest, then :meth:`FeatureCache.finalize`
+  records every file's size and checksum and marks it *complete*. Readers (:meth:`FeatureCache.features`)
+  only ever see complete caches.
+* **Checked on every open.** A complete cache whose ``features.npy`` was cut short or damaged (its size or
+  sampled checksum differs from ``cache.json``) is rebuilt with a logged line when its producer opens it
+  (:meth:`FeatureCache.open`); a reader of a finished stage's cache (:meth:`FeatureCache.reopen`) cannot
+  recompute it and fails with one ``error:`` line naming it.
+* **Processes cooperate.** Creation is serialised by the store's lock, so all ranks and jobs open the same
+  cache. Under DDP every rank writes its own samples into the same array (disjoint rows) with its own
+  progress files; independent jobs (a parallel sweep) fill it one at a time (:meth:`FeatureCache.filling`):
+  the second waits for the first and then computes only what is still missing. Writes are serialised
+  with completion, and a complete cache is never written again.
 * **Storage** is float16 by default (half the disk and page cache); values outside float16's range are
   refused rather than stored as infinities (use ``dtype=float32``).
 
@@ -30,31 +39,37 @@ The writer that fills a cache from ``trainer.predict`` is
 
 from __future__ import annotations
 
+import contextlib
 import os
-import time
-from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from filelock import FileLock
 
-from histo_lightning.caches import touch_last_used
 from histo_lightning.errors import ConfigError
-from histo_lightning.utils.fingerprint import canonical, describe_differences, digest, frame_digest
-from histo_lightning.utils.io import atomic_dir, atomic_path, read_json, write_json_atomic
+from histo_lightning.stores.keys import digest, frame_digest
+from histo_lightning.stores.store import (
+    State,
+    Store,
+    StoreError,
+    StoreMismatch,
+    inspect,
+    touch_last_used,
+)
+from histo_lightning.utils.io import atomic_path
 from histo_lightning.utils.logging import get_logger
 
 log = get_logger(__name__)
 
-FORMAT_VERSION = 1
+KIND = "features"
+FORMAT_VERSION = 2  # 2: the store mechanism (state and files in cache.json; no complete.json)
 DTYPES = ("float16", "float32")
 MANIFEST_COLUMNS = ("index", "origin", "patient", "label")
 
 
-class FeatureCacheMismatch(ConfigError):
+class FeatureCacheMismatch(StoreMismatch, ConfigError):
     """A cache folder holds features made by something else; the message names what differs."""
 
 
@@ -65,13 +80,15 @@ def default_cache_dir(root: str | Path, label: str, made_by: Mapping[str, Any]) 
 
 
 class FeatureCache:
-    """A feature cache folder (see the module docstring). Open it with :meth:`open`."""
+    """A feature cache folder (see the module docstring). Open it with :meth:`open` or :meth:`reopen`."""
 
-    def __init__(self, folder: Path, info: dict[str, Any]) -> None:
-        self.folder = folder
+    def __init__(self, store: Store, info: dict[str, Any]) -> None:
+        self.store = store
+        self.folder = store.folder
         self.info = info
-        self.shape = tuple(int(s) for s in info["shape"])
-        self.dtype = np.dtype(info["dtype"])
+        layout = info.get("layout") or {}
+        self.shape = tuple(int(s) for s in layout["shape"])
+        self.dtype = np.dtype(layout["dtype"])
         self._array: np.memmap | None = None
         self._manifest: pd.DataFrame | None = None
 
@@ -84,8 +101,10 @@ class FeatureCache:
         manifest: pd.DataFrame,
         feature_shape: Sequence[int],
         dtype: str = "float16",
+        owned: bool = False,
     ) -> FeatureCache:
-        """Open the cache at ``folder`` for this producer, creating it if absent.
+        """Open the cache at ``folder`` for this producer: created (partial) if absent, rebuilt (with a
+        logged line) if corrupt, resumed if partial.
 
         Args:
             folder: the cache folder.
@@ -93,6 +112,8 @@ class FeatureCache:
             manifest: one row per sample in row order, with at least :data:`MANIFEST_COLUMNS`.
             feature_shape: ``(D,)`` or ``(A, D)``: the shape of one sample's features.
             dtype: ``float16`` (default) or ``float32``.
+            owned: ``folder`` is named by the producer's key (:func:`default_cache_dir`), so a record that
+                disagrees with it is damage (rebuilt); otherwise it is another producer's cache (refused).
         """
         if dtype not in DTYPES:
             raise ConfigError(f"feature cache dtype={dtype!r}: expected one of {DTYPES}")
@@ -101,67 +122,50 @@ class FeatureCache:
             raise ValueError(f"feature cache manifest lacks columns {missing}")
         if not np.array_equal(manifest["index"].to_numpy(), np.arange(len(manifest))):
             raise ValueError("feature cache manifest: 'index' must be 0..N-1 in row order")
-        folder = Path(folder)
-        requested = {
-            "made_by": canonical(dict(made_by)),
-            "shape": [len(manifest), *(int(s) for s in feature_shape)],
-            "dtype": dtype,
-            "manifest_sha256": frame_digest(manifest),
-            "format_version": FORMAT_VERSION,
-        }
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(folder) + ".lock"):
-            info = read_json(folder / "cache.json")
-            if info is None:
-                if folder.exists() and any(folder.iterdir()):
-                    raise FeatureCacheMismatch(
-                        f"{folder} exists but is not a feature cache (no cache.json); "
-                        "choose another cache folder or remove it"
-                    )
-                info = cls._create(folder, requested, manifest)
-            else:
-                recorded = {k: info.get(k) for k in requested}
-                if recorded != requested:
-                    differences = describe_differences(recorded, requested, there="in the cache")
-                    raise FeatureCacheMismatch(
-                        f"feature cache {folder} was made by something else and is never mixed or "
-                        f"overwritten: {'; '.join(differences)}. Use another cache folder (or the "
-                        "default, keyed one), or delete this one to recompute it"
-                    )
-        cache = cls(folder, info)
-        touch_last_used(folder)
-        return cache
+        shape = [len(manifest), *(int(s) for s in feature_shape)]
+        layout = {"shape": shape, "dtype": dtype, "manifest_sha256": frame_digest(manifest)}
+        store = Store(folder, KIND, made_by, FORMAT_VERSION, layout, owned=owned)
 
-    @classmethod
-    def reopen(cls, folder: str | Path) -> FeatureCache:
-        """An existing cache, for reading what a finished stage wrote (no producer check)."""
-        folder = Path(folder)
-        info = read_json(folder / "cache.json")
-        if info is None:
-            raise FileNotFoundError(f"{folder} holds no feature cache (no cache.json)")
-        touch_last_used(folder)
-        return cls(folder, info)
-
-    @staticmethod
-    def _create(folder: Path, requested: dict[str, Any], manifest: pd.DataFrame) -> dict[str, Any]:
-        info = {
-            "kind": "features",
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            **requested,
-        }
-        with atomic_dir(folder) as tmp:
+        def create(tmp: Path) -> None:
             manifest.to_csv(tmp / "manifest.csv", index=False)
             # allocated at full size now (sparse on disk until written), so ranks can write in place
             array = np.lib.format.open_memmap(
-                tmp / "features.npy", mode="w+", dtype=info["dtype"], shape=tuple(info["shape"])
+                tmp / "features.npy", mode="w+", dtype=dtype, shape=tuple(shape)
             )
             del array
             (tmp / "progress").mkdir()
-            write_json_atomic(tmp / "cache.json", info)
-        log.info(
-            f"Feature cache created: {folder} ({' × '.join(map(str, info['shape']))} {info['dtype']})"
+
+        try:
+            status = store.open_partial(create)
+        except StoreMismatch as err:
+            raise FeatureCacheMismatch(str(err)) from None
+        assert status.info is not None
+        return cls(store, status.info)
+
+    @classmethod
+    def reopen(cls, folder: str | Path, require_complete: bool = False) -> FeatureCache:
+        """An existing cache, for reading what a finished stage wrote (no producer check). A corrupt or
+        old-format cache cannot be recomputed here: :class:`~histo_lightning.stores.store.StoreError`
+        naming it (and, with ``require_complete``, also a partial one)."""
+        folder = Path(folder)
+        status = inspect(folder)
+        usable = (State.COMPLETE,) if require_complete else (State.PARTIAL, State.COMPLETE)
+        if status.state not in usable or status.info is None:
+            why = f" ({status.reason})" if status.reason else ""
+            raise StoreError(
+                f"feature cache {folder} is {status.state.value}{why}; rerun the stage that computes "
+                "it (its run recomputes what is missing) or delete the folder"
+            )
+        info = status.info
+        store = Store(
+            folder,
+            KIND,
+            info.get("made_by") or {},
+            info.get("format_version", 0),
+            info.get("layout"),
         )
-        return info
+        touch_last_used(folder)
+        return cls(store, info)
 
     # ---- reading --------------------------------------------------------------------------------------
     @property
@@ -174,11 +178,19 @@ class FeatureCache:
             self._manifest = pd.read_csv(self.folder / "manifest.csv")
         return self._manifest
 
+    @property
+    def source_rows(self) -> int:
+        """Samples of the subset the rows were drawn from: :attr:`n`, or more when a limited run
+        (``trainer.limit_predict_batches``) kept the first ``n`` of them (``made_by.data.limited``)."""
+        data = self.store.made_by.get("data")
+        limited = data.get("limited") if isinstance(data, dict) else None
+        return int(limited["of"]) if isinstance(limited, dict) else self.n
+
     def done_indices(self) -> np.ndarray:
         """Sorted indices of every row on disk (union of the progress files)."""
-        parts = [np.load(p) for p in sorted((self.folder / "progress").glob("*.npy"))]
-        if (self.folder / "complete.json").is_file():
+        if self.complete:
             return np.arange(self.n)
+        parts = [np.load(p) for p in sorted((self.folder / "progress").glob("*.npy"))]
         return np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
 
     def missing(self) -> np.ndarray:
@@ -186,16 +198,33 @@ class FeatureCache:
         return np.setdiff1d(np.arange(self.n), self.done_indices(), assume_unique=True)
 
     @property
-    def complete(self) -> bool:
-        return (self.folder / "complete.json").is_file() or len(self.missing()) == 0
+    def state(self) -> State:
+        return inspect(self.folder).state
 
-    def features(self, allow_partial: bool = False) -> np.ndarray:
-        """The features as a read-only memory map (``N × D`` or ``N × A × D``)."""
-        if not allow_partial and not self.complete:
-            raise RuntimeError(
-                f"feature cache {self.folder} is incomplete ({len(self.missing())} of {self.n} rows missing)"
+    @property
+    def complete(self) -> bool:
+        return self.state == State.COMPLETE
+
+    def features(self) -> np.ndarray:
+        """The features as a read-only memory map (``N × D`` or ``N × A × D``) of a complete cache."""
+        status = inspect(self.folder)
+        if status.state != State.COMPLETE:
+            rows = (
+                f"{len(self.missing())} of {self.n} rows missing"
+                if status.state == State.PARTIAL
+                else status.reason
+            )
+            raise StoreError(
+                f"feature cache {self.folder} is {status.state.value} ({rows}); readers see complete "
+                "caches only"
             )
         return np.load(self.folder / "features.npy", mmap_mode="r")
+
+    @contextlib.contextmanager
+    def filling(self) -> Iterator[None]:
+        """Hold the right to fill this cache (one process at a time; see the module docstring)."""
+        with self.store.filling():
+            yield
 
     # ---- writing --------------------------------------------------------------------------------------
     def _writable(self) -> np.memmap:
@@ -228,25 +257,28 @@ class FeatureCache:
                     else "the network produced NaN or infinite features"
                 )
             )
-        array = self._writable()
-        order = np.argsort(indices)
-        array[indices[order]] = converted[order]
-        array.flush()
-        with atomic_path(self.folder / "progress" / f"{tag}.npy") as tmp, tmp.open("wb") as handle:
-            np.save(handle, indices)
-            handle.flush()
-            os.fsync(handle.fileno())
+        # under the store's lock: never a write into a cache another process completed meanwhile
+        with self.store.lock():
+            if self.complete:
+                return
+            array = self._writable()
+            order = np.argsort(indices)
+            array[indices[order]] = converted[order]
+            array.flush()
+            progress = self.folder / "progress" / f"{tag}.npy"
+            with atomic_path(progress) as tmp, tmp.open("wb") as handle:
+                np.save(handle, indices)
+                handle.flush()
+                os.fsync(handle.fileno())
 
     def finalize(self) -> bool:
         """Mark the cache complete when no row is missing (call on one rank after all ranks wrote)."""
-        missing = self.missing()
-        if len(missing):
+        if len(self.missing()):
             return False
-        if not (self.folder / "complete.json").is_file():
-            write_json_atomic(
-                self.folder / "complete.json",
-                {"rows": self.n, "completed": time.strftime("%Y-%m-%dT%H:%M:%S")},
-            )
+        if self._array is not None:
+            self._array.flush()
+            self._array = None
+        self.store.mark_complete()
         return True
 
 

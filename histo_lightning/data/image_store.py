@@ -6,13 +6,15 @@ A dataset row refers to an image by its position in an image source. Two sources
   index of offsets and shapes) under the cache folder. DataLoader workers then read pixels with no decoding
   and the OS page cache shares them between workers and processes. The cache is keyed by the relative
   path, size and modification time of every source file, so a changed dataset gets a new cache instead of
-  mixing with an old one. It is built in a temporary folder and renamed when complete.
+  mixing with an old one. It is a store of :mod:`histo_lightning.stores.store` (kind ``images``): built
+  once under a lock in a temporary folder renamed when complete, checked on every open (a truncated or
+  damaged ``pixels.u8`` is rebuilt with a logged line).
 * :class:`FileImageSource` decodes the file on every access (no disk cache; slower, for huge datasets).
 
 Both check every image once (decode for the cache, a full decode for the file source, remembered in a
 small manifest) and report unreadable files; the data module then fails naming the file or, with
-``on_corrupt=skip``, drops them and lists them at the end of the run. Both folders are caches in the
-sense of :mod:`histo_lightning.caches` (``cache.json``, ``.last_used``).
+``on_corrupt=skip``, drops them and lists them at the end of the run. Both folders are stores (kinds
+``images`` and ``image-check``), listed by ``python -m histo_lightning.caches list``.
 
 **One decoder.** Every image is decoded by Pillow, header and pixels alike (:func:`inspect_image`,
 :func:`read_rgb`): the shape that sizes the cache is the shape of the pixels that fill it (the previous
@@ -45,7 +47,6 @@ kept in its manifest.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -55,12 +56,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from filelock import FileLock
 from PIL import Image, ImageOps
 
-from histo_lightning.caches import touch_last_used, write_cache_info
 from histo_lightning.errors import CorruptImageError
-from histo_lightning.utils.io import atomic_dir, write_json_atomic
+from histo_lightning.stores.keys import files_digest
+from histo_lightning.stores.store import Store
+from histo_lightning.utils.io import write_json_atomic
 from histo_lightning.utils.logging import get_logger
 from histo_lightning.utils.progress import progress_bar
 
@@ -72,7 +73,8 @@ log = get_logger(__name__)
 cv2.setNumThreads(1)
 
 # 2: Pillow decodes header and pixels (was OpenCV pixels), cache.json, converted-image notes
-CACHE_FORMAT_VERSION = 2
+# 3: the store mechanism (histo_lightning.stores)
+CACHE_FORMAT_VERSION = 3
 
 
 EXPECTED = "expected an 8-bit RGB H&E image"
@@ -181,12 +183,9 @@ def read_rgb(path: str | Path) -> np.ndarray:
 
 
 def files_key(paths: Sequence[Path], root: Path, extra: str = "") -> str:
-    """A hex digest of everything that determines the decoded pixels: relative path, size, mtime of each file."""
-    digest = hashlib.sha256(f"v{CACHE_FORMAT_VERSION}|{extra}".encode())
-    for path in paths:
-        stat = os.stat(path)
-        digest.update(f"{os.path.relpath(path, root)}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()
+    """A hex digest of everything that determines the decoded pixels: relative path, size, mtime of each
+    file, and ``extra`` (:func:`~histo_lightning.stores.keys.files_digest`)."""
+    return files_digest(paths, root, f"v{CACHE_FORMAT_VERSION}|{extra}", length=64)
 
 
 @dataclass
@@ -357,30 +356,33 @@ class MemmapImageCache:
         """Open the cache for exactly these files, building it first if it does not exist yet."""
         if preprocess is not None and not preprocess_key:
             raise ValueError("a preprocess needs a preprocess_key naming everything it depends on")
-        key = files_key(paths, root, extra=preprocess_key)[:20]
-        folder = Path(cache_dir) / f"{name}-{key}"
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(folder) + ".lock"):
-            if not (folder / "manifest.json").exists():
-                cls._build(paths, root, folder, key, workers, preprocess, preprocess_key, name)
-            else:
-                log.info(f"Image cache: reusing {folder}")
-        touch_last_used(folder)
-        return cls(folder)
+        made_by = {
+            "dataset": name,
+            "root": str(root),
+            "files_key": files_key(paths, root)[:24],
+            "images": len(paths),
+            "preprocess": preprocess_key or None,
+        }
+        store = Store.keyed(cache_dir, name, "images", made_by, CACHE_FORMAT_VERSION, length=20)
+        if not store.ensure(
+            lambda tmp: cls._build(paths, root, tmp, workers, preprocess, preprocess_key),
+            f"decoding {len(paths)} images",
+        ):
+            log.info(f"Image cache: reusing {store.folder}")
+        return cls(store.folder)
 
     @staticmethod
     def _build(
         paths: Sequence[Path],
         root: Path,
-        folder: Path,
-        key: str,
+        tmp: Path,
         workers: int,
         preprocess: Preprocess | None = None,
         preprocess_key: str = "",
-        name: str = "",
     ) -> None:
+        """Decode (and preprocess) every image into ``tmp``, the folder that becomes the cache."""
         what = f"decoding and preprocessing ({preprocess_key})" if preprocess else "decoding"
-        log.info(f"Image cache: {what} {len(paths)} images once into {folder}")
+        log.info(f"Image cache: {what} {len(paths)} images once")
         headers = np.zeros((len(paths), 2), dtype=np.int64)
         shapes = np.zeros((len(paths), 2), dtype=np.int64)
         bad: dict[int, str] = {}
@@ -396,53 +398,39 @@ class MemmapImageCache:
         sizes = shapes[:, 0] * shapes[:, 1] * 3
         offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
         total = max(int(sizes.sum()), 1)
-        with atomic_dir(folder) as tmp:
-            flat = np.memmap(tmp / "pixels.u8", dtype=np.uint8, mode="w+", shape=(total,))
-            todo = [i for i in range(len(paths)) if i not in bad]
-            jobs = [
-                (
-                    flat,
-                    int(offsets[i]),
-                    int(headers[i, 0]),
-                    int(headers[i, 1]),
-                    str(paths[i]),
-                    preprocess,
-                )
-                for i in todo
-            ]
-            for i, error in zip(
-                todo, _map_with_progress(_decode_into, jobs, workers, "decoding images")
-            ):
-                if error is not None:
-                    bad[i] = error
-            flat.flush()
-            del flat
-            np.savez(tmp / "index.npz", offsets=offsets, shapes=shapes)
-            manifest = {
-                "format_version": CACHE_FORMAT_VERSION,
-                "key": key,
-                "preprocess": preprocess_key,
-                "root": str(root),
-                "paths": [os.path.relpath(p, root) for p in paths],
-                "bad": [{"path": str(paths[i]), "reason": bad[i]} for i in sorted(bad)],
-                "converted": [
-                    {"path": str(paths[i]), "note": notes[i]} for i in sorted(notes) if i not in bad
-                ],
-                "total_bytes": total,
-            }
-            write_json_atomic(tmp / "manifest.json", manifest)
-            write_cache_info(
-                tmp,
-                "images",
-                {
-                    "dataset": name,
-                    "root": str(root),
-                    "files_key": key,
-                    "images": len(paths),
-                    "preprocess": preprocess_key or None,
-                },
-                CACHE_FORMAT_VERSION,
+        flat = np.memmap(tmp / "pixels.u8", dtype=np.uint8, mode="w+", shape=(total,))
+        todo = [i for i in range(len(paths)) if i not in bad]
+        jobs = [
+            (
+                flat,
+                int(offsets[i]),
+                int(headers[i, 0]),
+                int(headers[i, 1]),
+                str(paths[i]),
+                preprocess,
             )
+            for i in todo
+        ]
+        for i, error in zip(
+            todo, _map_with_progress(_decode_into, jobs, workers, "decoding images")
+        ):
+            if error is not None:
+                bad[i] = error
+        flat.flush()
+        del flat
+        np.savez(tmp / "index.npz", offsets=offsets, shapes=shapes)
+        manifest = {
+            "format_version": CACHE_FORMAT_VERSION,
+            "preprocess": preprocess_key,
+            "root": str(root),
+            "paths": [os.path.relpath(p, root) for p in paths],
+            "bad": [{"path": str(paths[i]), "reason": bad[i]} for i in sorted(bad)],
+            "converted": [
+                {"path": str(paths[i]), "note": notes[i]} for i in sorted(notes) if i not in bad
+            ],
+            "total_bytes": total,
+        }
+        write_json_atomic(tmp / "manifest.json", manifest)
         log_conversions(manifest["converted"])
 
     def _pixels(self) -> np.memmap:
@@ -477,34 +465,36 @@ class FileImageSource:
     def checked(
         cls, paths: Sequence[Path], root: Path, cache_dir: Path, name: str, workers: int = 1
     ) -> FileImageSource:
-        key = files_key(paths, root, extra="check")[:20]
-        folder = Path(cache_dir) / f"{name}-checked-{key}"
-        record = folder / "checked.json"
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(folder) + ".lock"):
-            if not record.exists():
-                log.info(f"Checking that {len(paths)} images decode (once; remembered in {record})")
-                errors = _map_with_progress(
-                    _check_decode, [(str(p),) for p in paths], workers, "checking images"
-                )
-                bad = [
-                    {"path": str(p), "reason": e} for p, e in zip(paths, errors) if e is not None
-                ]
-                converted = []
-                for p, e in zip(paths, errors):
-                    info = _header(str(p)) if e is None else None
-                    if isinstance(info, ImageInfo) and info.note:
-                        converted.append({"path": str(p), "note": info.note})
-                with atomic_dir(folder) as tmp:
-                    write_json_atomic(
-                        tmp / "checked.json", {"key": key, "bad": bad, "converted": converted}
-                    )
-                    made_by = {"dataset": name, "root": str(root), "files_key": key}
-                    made_by["images"] = len(paths)
-                    write_cache_info(tmp, "image-check", made_by, CACHE_FORMAT_VERSION)
-                log_conversions(converted)
-            bad_list = [BadImage(**b) for b in json.loads(record.read_text())["bad"]]
-        touch_last_used(folder)
+        made_by = {
+            "dataset": name,
+            "root": str(root),
+            "files_key": files_key(paths, root, extra="check")[:24],
+            "images": len(paths),
+        }
+        store = Store.keyed(
+            cache_dir, f"{name}-checked", "image-check", made_by, CACHE_FORMAT_VERSION, length=20
+        )
+
+        def check(tmp: Path) -> None:
+            log.info(
+                f"Checking that {len(paths)} images decode (once; remembered in {store.folder})"
+            )
+            errors = _map_with_progress(
+                _check_decode, [(str(p),) for p in paths], workers, "checking images"
+            )
+            bad = [{"path": str(p), "reason": e} for p, e in zip(paths, errors) if e is not None]
+            converted = []
+            for p, e in zip(paths, errors):
+                info = _header(str(p)) if e is None else None
+                if isinstance(info, ImageInfo) and info.note:
+                    converted.append({"path": str(p), "note": info.note})
+            write_json_atomic(tmp / "checked.json", {"bad": bad, "converted": converted})
+            log_conversions(converted)
+
+        store.ensure(check, f"checking {len(paths)} images")
+        bad_list = [
+            BadImage(**b) for b in json.loads((store.folder / "checked.json").read_text())["bad"]
+        ]
         return cls(paths, bad_list)
 
     def __len__(self) -> int:

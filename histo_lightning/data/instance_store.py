@@ -13,35 +13,32 @@ grid patches per image; digits/MNIST bags) is a table of bags over a flat instan
 
 :class:`BagArrays` holds them in memory (digits bags, tests); :class:`InstanceStore` keeps them under
 the cache folder as ``instances.u8`` (memory-mapped, opened lazily in each process so it pickles cheaply
-into DataLoader workers) + ``index.npz`` + ``manifest.json``, built ONCE, keyed by a digest of everything
-that produced it (the dataset files' paths/sizes/mtimes, patch size, filter settings, ...), written into a
-temporary folder and renamed when complete (:func:`histo_lightning.utils.io.atomic_dir`) under a file
-lock, exactly like :class:`histo_lightning.data.image_store.MemmapImageCache`. Never a file per patch.
-Every store folder holds ``cache.json`` (CONTRACTS.md C4: ``kind: instances``, ``created``, ``made_by``,
-``format_version``) and ``.last_used`` is touched each time it is opened.
+into DataLoader workers) + ``index.npz`` + ``manifest.json``, built ONCE. It is a store of
+:mod:`histo_lightning.stores.store` (kind ``instances``): keyed by a digest of everything that produced it
+(the dataset files' paths/sizes/mtimes, patch size, filter settings, ...), built under a lock in a
+temporary folder renamed when complete, described by ``cache.json`` and checked on every open. Never a
+file per patch.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from histo_lightning.utils.io import build_dir_once, write_json_atomic
+from histo_lightning.stores.store import Store
+from histo_lightning.utils.io import write_json_atomic
 from histo_lightning.utils.logging import get_logger
 from histo_lightning.utils.progress import progress_bar
 
 log = get_logger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the store mechanism (histo_lightning.stores)
 KIND = "instances"
 UNKNOWN = -1  # instance label when the dataset has none
 
@@ -168,33 +165,6 @@ class BagArrays(Bags):
         )
 
 
-def store_key(made_by: dict[str, Any]) -> str:
-    """A hex digest of the JSON of ``made_by`` (plus the store format)."""
-    payload = json.dumps(
-        {"made_by": made_by, "format": FORMAT_VERSION}, sort_keys=True, default=str
-    )
-    return hashlib.sha256(payload.encode()).hexdigest()
-
-
-def write_cache_json(folder: Path, kind: str, made_by: dict[str, Any], version: int) -> None:
-    """``<folder>/cache.json`` per CONTRACTS.md C4."""
-    write_json_atomic(
-        Path(folder) / "cache.json",
-        {
-            "kind": kind,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "made_by": made_by,
-            "format_version": version,
-        },
-    )
-
-
-def touch_last_used(folder: Path) -> None:
-    """Mark ``folder`` as used now (``<folder>/.last_used`` mtime, CONTRACTS.md C4)."""
-    with contextlib.suppress(OSError):  # a read-only cache is still usable
-        (Path(folder) / ".last_used").touch()
-
-
 class InstanceStore(Bags):
     """All instances of a dataset in ``<cache_dir>/<name>-instances-<key>/instances.u8`` (memory-mapped).
 
@@ -238,20 +208,17 @@ class InstanceStore(Bags):
             total: number of bags, for the progress bar.
             extra_manifest: JSON-able facts kept in ``manifest.json`` (e.g. the reader's counts).
         """
-        folder = Path(cache_dir) / f"{name}-{KIND}-{store_key(made_by)[:16]}"
-        built = build_dir_once(
-            folder,
-            "manifest.json",
-            lambda tmp: cls._build(tmp, made_by, bags, instance_shape, total, extra_manifest or {}),
+        store = Store.keyed(cache_dir, f"{name}-{KIND}", KIND, made_by, FORMAT_VERSION)
+        built = store.ensure(
+            lambda tmp: cls._build(tmp, bags, instance_shape, total, extra_manifest or {}),
+            "cutting the bags' instances",
         )
-        log.info(f"Instance store: {'built' if built else 'reusing'} {folder}")
-        touch_last_used(folder)
-        return cls(folder)
+        log.info(f"Instance store: {'built' if built else 'reusing'} {store.folder}")
+        return cls(store.folder)
 
     @staticmethod
     def _build(
         tmp: Path,
-        made_by: dict[str, Any],
         bags: Iterable[Bag],
         instance_shape: tuple[int, int, int],
         total: int | None,
@@ -303,7 +270,6 @@ class InstanceStore(Bags):
                 **extra_manifest,
             },
         )
-        write_cache_json(tmp, KIND, made_by, FORMAT_VERSION)
 
     @property
     def instances(self) -> np.ndarray:
@@ -340,7 +306,4 @@ __all__ = [
     "Bags",
     "InstanceStore",
     "relative_origin",
-    "store_key",
-    "touch_last_used",
-    "write_cache_json",
 ]

@@ -23,7 +23,6 @@ image's device.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -34,6 +33,7 @@ from torch import Tensor
 from histo_lightning.data.stain import HE_MODES, scale_he_batch
 from histo_lightning.errors import ConfigError
 from histo_lightning.nets.pooling import norm_pool
+from histo_lightning.stores.keys import digest_int
 
 _COLOUR_TAG, _CROP_TAG = 0xC01, 0xC20
 N_SYMMETRIES = 8  # rotations 0/90/180/270°, each with or without a flip
@@ -77,7 +77,7 @@ class ViewSettings:
 
 def key_number(key: str) -> int:
     """A stable 64-bit number for an image key (its file stem): the same on every machine and run."""
-    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little")
+    return digest_int(key)
 
 
 def _rng(settings: ViewSettings, key: str, *tags: int) -> np.random.Generator:

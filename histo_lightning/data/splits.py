@@ -22,17 +22,17 @@ changed, loading refuses (a split is never silently recomputed): bump ``split.ve
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from filelock import FileLock
 from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 
 from histo_lightning.errors import ConfigError, DatasetLayoutError
+from histo_lightning.stores.keys import digest_bytes
+from histo_lightning.stores.store import lock_beside
 from histo_lightning.utils.io import atomic_path, write_json_atomic
 from histo_lightning.utils.logging import get_logger
 
@@ -76,7 +76,7 @@ def patient_labels(images: pd.DataFrame) -> pd.DataFrame:
 def fingerprint(patients: pd.DataFrame) -> str:
     """A digest of the patient set and labels a split was made for."""
     lines = "\n".join(f"{p}:{label}" for p, label in zip(patients["patient"], patients["label"]))
-    return hashlib.sha256(lines.encode()).hexdigest()[:16]
+    return digest_bytes([lines.encode()])
 
 
 def _stratifiable(labels: np.ndarray, n_splits: int) -> bool:
@@ -218,7 +218,7 @@ def load_or_create_split(
     path = Path(split_dir) / split_file_name(dataset, scheme, n_folds, spec)
     meta_path = path.with_suffix(".json")
     expected = fingerprint(patients)
-    with FileLock(str(path) + ".lock"):
+    with lock_beside(path):
         if path.exists() and meta_path.exists():
             meta = json.loads(meta_path.read_text())
             if meta["patients_fingerprint"] != expected:

@@ -25,8 +25,6 @@ for batches of crops on the device that runs the encoder; :func:`he_concentratio
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +34,7 @@ import torch
 from torch import Tensor
 
 from histo_lightning.errors import ConfigError
+from histo_lightning.stores.keys import digest
 from histo_lightning.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -113,20 +112,17 @@ class MacenkoNormalizer:
 
     def key(self) -> str:
         """Everything that determines the output, as a short string for cache keys."""
-        payload = json.dumps(
-            {
-                "version": NORMALIZER_VERSION,
-                "stain": [round(v, 6) for v in self.target_stain.flatten().tolist()],
-                "max": [round(v, 6) for v in self.target_max.tolist()],
-                "io": self.io,
-                "alpha": self.alpha,
-                "beta": self.beta,
-                "max_pixels": self.max_pixels,
-                "min_tissue": self.min_tissue,
-            },
-            sort_keys=True,
-        )
-        return f"macenko-v{NORMALIZER_VERSION}-{hashlib.sha256(payload.encode()).hexdigest()[:12]}"
+        settings = {
+            "version": NORMALIZER_VERSION,
+            "stain": [round(v, 6) for v in self.target_stain.flatten().tolist()],
+            "max": [round(v, 6) for v in self.target_max.tolist()],
+            "io": self.io,
+            "alpha": self.alpha,
+            "beta": self.beta,
+            "max_pixels": self.max_pixels,
+            "min_tissue": self.min_tissue,
+        }
+        return f"macenko-v{NORMALIZER_VERSION}-{digest(settings, 12)}"
 
     def _optical_density(self, images: Tensor) -> Tensor:
         """``(B, H, W, 3)`` uint8 → ``(B, H·W, 3)`` float64 optical density."""

@@ -53,7 +53,6 @@ Evaluation loaders use an unrepeated distributed sampler under DDP, so every pat
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -72,6 +71,7 @@ from histo_lightning.data.samplers import RatioSampler
 from histo_lightning.data.splits import patient_labels
 from histo_lightning.data.stain import build_normalizer
 from histo_lightning.errors import ConfigError, DatasetLayoutError
+from histo_lightning.stores.keys import array_digest
 from histo_lightning.utils.io import atomic_path, write_text_atomic
 from histo_lightning.utils.logging import get_logger
 
@@ -490,10 +490,7 @@ class Tupac16DataModule(BaseDataModule):
     def index_fingerprint(self) -> str:
         """A digest of the patch index (rows of mined false positives refer to it)."""
         assert self.index is not None
-        sha = hashlib.sha256()
-        for column in self.index.columns:
-            sha.update(np.ascontiguousarray(self.index[column].to_numpy()).tobytes())
-        return sha.hexdigest()[:16]
+        return array_digest([self.index[column].to_numpy() for column in self.index.columns])
 
     # ---- subsets ----------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:

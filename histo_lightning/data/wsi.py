@@ -16,11 +16,11 @@ The machinery every slide-based experiment uses (first: SMSE on PAIP 2019, §IV-
   the SMSE paper's "non-overlapping cropping") is laid over the slide; patches with enough tissue are
   candidates, labelled from the mask by a configurable rule for border patches (:class:`PatchSpec`), and a
   random ``n_per_slide`` of them is kept, half of each class where the slide allows.
-* **Caching** (:func:`load_or_sample_patches`): each slide's coordinate index is written once to
-  ``<cache>/<slide>-<key>.csv`` with a ``.json`` sidecar (the folder is a cache of
-  :mod:`histo_lightning.caches`: ``cache.json``, ``.last_used``); the key covers the slide and mask files (path,
-  size, modification time), every sampling parameter and the sampler version, so an index is never mixed
-  with one made differently (a sidecar that disagrees with its key is refused).
+* **Caching** (:func:`load_or_sample_patches`): each slide's coordinate index is a store of
+  :mod:`histo_lightning.stores.store` (kind ``patch_index``), ``<cache>/<slide>-<key>/patches.csv``; the
+  key covers the slide and mask files (path, size, modification time), every sampling parameter and the
+  sampler version, so an index is never mixed with one made differently (a record that disagrees with its
+  key, or a damaged file, is resampled with a logged line).
 * **Reading** (:class:`SlidePatchSource`): patches are read on the fly in DataLoader workers, each process
   holding one lazily opened openslide handle per slide (:class:`SlideHandles`; a forked worker never uses
   its parent's handles).
@@ -28,8 +28,6 @@ The machinery every slide-based experiment uses (first: SMSE on PAIP 2019, §IV-
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 import threading
@@ -46,14 +44,15 @@ import openslide
 import pandas as pd
 import tifffile
 
-from histo_lightning.caches import CACHE_INFO, touch_last_used, write_cache_info
 from histo_lightning.errors import ConfigError, CorruptImageError
-from histo_lightning.utils.io import atomic_path, write_json_atomic
+from histo_lightning.stores.keys import digest_int, file_identity
+from histo_lightning.stores.store import Store
 from histo_lightning.utils.logging import get_logger
 
 log = get_logger(__name__)
 
 SAMPLER_VERSION = 1
+INDEX_FORMAT = 2  # 2: one store per slide (histo_lightning.stores)
 LABEL_RULES = ("fraction", "centre", "pure")
 
 
@@ -319,8 +318,7 @@ class PatchSpec:
 
 
 def _slide_seed(seed: int, slide_name: str) -> np.random.SeedSequence:
-    digest = int.from_bytes(hashlib.sha256(slide_name.encode()).digest()[:8], "little")
-    return np.random.SeedSequence([int(seed), digest])
+    return np.random.SeedSequence([int(seed), digest_int(slide_name)])
 
 
 def label_patches(fraction: np.ndarray, centre: np.ndarray, spec: PatchSpec) -> np.ndarray:
@@ -446,37 +444,17 @@ def sample_patches(
 
 
 # ---- the per-slide cache -----------------------------------------------------------------------------------
-def file_identity(path: str | Path | None, root: str | Path) -> dict[str, Any] | None:
-    """Relative path, size and modification time: what says a file is still the same file."""
-    if path is None:
-        return None
-    stat = os.stat(path)
-    return {"path": os.path.relpath(path, root), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-
-
-def index_key(
+def index_made_by(
     slide: str | Path, mask: str | Path | None, root: str | Path, spec: PatchSpec, verify: int
-) -> tuple[str, dict[str, Any]]:
-    """The cache key of a slide's patch index and the description it hashes."""
-    description = {
+) -> dict[str, Any]:
+    """Everything that determines a slide's patch index (its store key)."""
+    return {
         "sampler_version": SAMPLER_VERSION,
         "slide": file_identity(slide, root),
         "mask": file_identity(mask, root),
         "spec": asdict(spec),
         "verified_patches": verify,
     }
-    digest = hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:16]
-    return digest, description
-
-
-def mark_index_cache(cache_dir: str | Path, root: str | Path) -> None:
-    """Describe the patch-index folder in ``cache.json`` once and mark it used (CONTRACTS.md C4)."""
-    folder = Path(cache_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    if not (folder / CACHE_INFO).is_file():
-        made_by = {"dataset": folder.name, "root": str(root), "sampler_version": SAMPLER_VERSION}
-        write_cache_info(folder, "patch_index", made_by, SAMPLER_VERSION)
-    touch_last_used(folder)
 
 
 def load_or_sample_patches(
@@ -488,23 +466,14 @@ def load_or_sample_patches(
     verify: int = 16,
 ) -> pd.DataFrame:
     """The cached patch index of ``slide`` (see module docstring), sampled and written once."""
-    key, description = index_key(slide, mask, root, spec, verify)
-    mark_index_cache(cache_dir, root)
-    path = Path(cache_dir) / f"{Path(slide).stem}-{key}.csv"
-    sidecar = path.with_suffix(".json")
-    if path.is_file() and sidecar.is_file():
-        stored = json.loads(sidecar.read_text())
-        if stored != description:
-            raise ConfigError(
-                f"patch index {path} was made for {stored.get('slide')} with other settings than its key "
-                f"says; refusing to mix them. Delete {path} and {sidecar}."
-            )
-        return pd.read_csv(path)
-    patches = sample_patches(slide, mask, spec, verify)
-    with atomic_path(path) as tmp:
-        patches.to_csv(tmp, index=False)
-    write_json_atomic(sidecar, description)
-    return patches
+    made_by = index_made_by(slide, mask, root, spec, verify)
+    store = Store.keyed(cache_dir, Path(slide).stem, "patch_index", made_by, INDEX_FORMAT)
+
+    def sample(tmp: Path) -> None:
+        sample_patches(slide, mask, spec, verify).to_csv(tmp / "patches.csv", index=False)
+
+    store.ensure(sample, f"sampling the patches of {Path(slide).name}")
+    return pd.read_csv(store.folder / "patches.csv")
 
 
 # ---- reading patches on the fly ----------------------------------------------------------------------------

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from histo_lightning.errors import ConfigError
+from histo_lightning.stores.keys import digest_bytes
 
 
 def read_state_dict(path: str | Path, key: str) -> dict[str, torch.Tensor]:
@@ -65,12 +66,14 @@ def load_matching_weights(module: nn.Module, path: str | Path, key: str) -> None
 
 def state_dict_digest(module: nn.Module) -> str:
     """sha256 of a module's parameters and buffers (names, shapes, dtypes and bytes), in name order."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        tensor = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}\n".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+
+    def chunks() -> Iterator[bytes]:
+        for name, tensor in sorted(module.state_dict().items()):
+            tensor = tensor.detach().cpu().contiguous()
+            yield f"{name}|{tuple(tensor.shape)}|{tensor.dtype}\n".encode()
+            yield tensor.reshape(-1).view(torch.uint8).numpy().tobytes()
+
+    return digest_bytes(chunks(), length=None)
 
 
 __all__ = ["load_matching_weights", "read_state_dict", "state_dict_digest"]

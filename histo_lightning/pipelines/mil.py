@@ -47,7 +47,7 @@ GENERATION_REPORT = "generation.json"
 
 
 def _features_cache(ctx: Any, stage: str) -> FeatureCache:
-    return FeatureCache.reopen(ctx.result(stage).path("cache"))
+    return FeatureCache.reopen(ctx.result(stage).path("cache"), require_complete=True)
 
 
 def use_instances(ctx: Any, feature_bags: bool = False, features_stage: str = "features") -> None:

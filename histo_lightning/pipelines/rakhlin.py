@@ -137,7 +137,7 @@ def descriptor_caches(ctx: Any, stages: Sequence[str] | None = None) -> dict[str
         name = str(ctx.runner.pipeline.stages[stage].module.get("name") or stage)
         if name in caches:
             raise ConfigError(f"two descriptor stages are both named {name!r} (module.name)")
-        caches[name] = FeatureCache.reopen(ctx.result(stage).path("cache"))
+        caches[name] = FeatureCache.reopen(ctx.result(stage).path("cache"), require_complete=True)
     return caches
 
 

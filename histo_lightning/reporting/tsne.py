@@ -86,10 +86,9 @@ def tsne_stage(
 
     panels = {}
     for stage in embeddings:
-        cache = FeatureCache.reopen(ctx.result(stage).path("cache"))
-        done = cache.done_indices()
-        manifest = cache.manifest.iloc[done]
-        features = np.asarray(cache.features(allow_partial=True)[done], dtype=np.float32)
+        cache = FeatureCache.reopen(ctx.result(stage).path("cache"), require_complete=True)
+        manifest = cache.manifest
+        features = np.asarray(cache.features(), dtype=np.float32)
         subset = ctx.runner.pipeline.stages[stage].get("subset", stage)
         groups = manifest["group"].to_numpy() if "group" in manifest else None
         panels[subset] = (tsne_2d(features, seed=seed), manifest["label"].to_numpy(), groups)

@@ -1,68 +1,16 @@
-"""Fingerprints of configurations and of what produced a file, and the differences between two of them.
+"""Fingerprints of configurations and of what produced a file (kept for imports).
 
-Stage folders (``done.json``) and feature caches (``cache.json``) record what produced them as a JSON
-document; :func:`digest` condenses it and :func:`describe_differences` says, key by key, why a recorded
-document and a requested one differ, so that a refusal or a redo can name its reason.
+The helpers live in :mod:`histo_lightning.stores.keys`, the one digest helper of the project.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-from collections.abc import Mapping
-from typing import Any
-
-import numpy as np
-import pandas as pd
-
-
-def canonical(value: Any) -> Any:
-    """The JSON form of ``value`` (tuples as lists, numpy scalars and paths as strings)."""
-    return json.loads(json.dumps(value, sort_keys=True, default=str))
-
-
-def digest(value: Any, length: int = 16) -> str:
-    """A short sha256 of a JSON-able value (keys sorted)."""
-    return hashlib.sha256(json.dumps(canonical(value), sort_keys=True).encode()).hexdigest()[
-        :length
-    ]
-
-
-def frame_digest(frame: pd.DataFrame, length: int = 16) -> str:
-    """A short sha256 of a table's values (row order and column names included)."""
-    hashes = pd.util.hash_pandas_object(frame, index=False).to_numpy()
-    return hashlib.sha256(
-        ",".join(map(str, frame.columns)).encode() + np.ascontiguousarray(hashes).tobytes()
-    ).hexdigest()[:length]
-
-
-def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"a.b": 1}`` for ``{"a": {"b": 1}}`` (lists stay values)."""
-    if isinstance(value, Mapping) and value:
-        out: dict[str, Any] = {}
-        for key, item in value.items():
-            out.update(flatten(item, f"{prefix}{key}."))
-        return out
-    return {prefix.rstrip("."): value}
-
-
-def describe_differences(
-    recorded: Mapping[str, Any],
-    requested: Mapping[str, Any],
-    here: str = "here",
-    there: str = "recorded",
-    limit: int = 8,
-) -> list[str]:
-    """``key: <requested> <here>, <recorded> <there>`` for each flattened key that differs (at most ``limit``)."""
-    old, new = flatten(canonical(recorded)), flatten(canonical(requested))
-    lines = [
-        f"{key}: {new.get(key, '<absent>')!r} {here}, {old.get(key, '<absent>')!r} {there}"
-        for key in sorted(set(old) | set(new))
-        if old.get(key, "<absent>") != new.get(key, "<absent>")
-    ]
-    if len(lines) > limit:
-        lines = [*lines[:limit], f"... and {len(lines) - limit} more"]
-    return lines
-
+from histo_lightning.stores.keys import (
+    canonical,
+    describe_differences,
+    digest,
+    flatten,
+    frame_digest,
+)
 
 __all__ = ["canonical", "describe_differences", "digest", "flatten", "frame_digest"]

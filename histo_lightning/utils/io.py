@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -134,22 +134,3 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-
-
-def build_dir_once(folder: str | Path, marker: str, build: Callable[[Path], None]) -> bool:
-    """Build ``folder`` once, safely between processes.
-
-    Under the file lock ``<folder>.lock``: if ``folder/marker`` exists the folder is complete and kept;
-    otherwise ``build(tmp)`` fills a temporary sibling (:func:`atomic_dir`) that is renamed to
-    ``folder``, so ``folder`` is either absent or complete. Returns whether it was built now.
-    """
-    from filelock import FileLock
-
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(folder) + ".lock"):
-        if (folder / marker).exists():
-            return False
-        with atomic_dir(folder) as tmp:
-            build(tmp)
-        return True

@@ -27,6 +27,7 @@ from histo_lightning.data.synthetic.breakhis import (
     image_rng,
     render_breakhis_image,
 )
+from histo_lightning.stores.store import INFO_FILE, LAST_USED
 
 TINY = SyntheticBreakHisConfig(
     n_benign_patients=2,
@@ -59,10 +60,11 @@ def _pngs(root: Path) -> list[Path]:
 
 
 def _digests(root: Path) -> dict[str, str]:
+    """sha256 of every file of the dataset tree (not the store's own record: cache.json, .last_used)."""
     return {
         str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(root.rglob("*"))
-        if p.is_file()
+        if p.is_file() and p.name not in (INFO_FILE, LAST_USED)
     }
 
 
@@ -140,7 +142,7 @@ def test_config_and_fingerprint() -> None:
 def test_atomic_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     small = replace(TINY, n_benign_patients=1, n_malignant_patients=1, magnifications=(40,))
     root = generate_breakhis(tmp_path / "ds", small, progress=False)
-    assert not list(tmp_path.glob("*.tmp-*"))
+    assert not list(tmp_path.glob(".*.tmp"))
     with pytest.raises(FileExistsError):
         generate_breakhis(root, small, progress=False)
 
@@ -151,7 +153,7 @@ def test_atomic_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(RuntimeError):
         generate_breakhis(tmp_path / "crashed", small, progress=False)
     assert not (tmp_path / "crashed").exists()
-    assert not list(tmp_path.glob("*.tmp-*"))
+    assert not list(tmp_path.glob(".*.tmp"))
 
 
 def test_ensure_generates_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -159,9 +161,10 @@ def test_ensure_generates_once(tmp_path: Path, caplog: pytest.LogCaptureFixture)
     with caplog.at_level(logging.INFO, logger="histo_lightning.data.synthetic"):
         root = ensure_synthetic_breakhis(tmp_path, small, progress=False)
         assert root == tmp_path / "synthetic" / f"breakhis-{small.fingerprint()}"
-        mtimes = {p: os.stat(p).st_mtime_ns for p in root.rglob("*")}
+        mtimes = {p: os.stat(p).st_mtime_ns for p in root.rglob("*") if p.name != LAST_USED}
         assert ensure_synthetic_breakhis(tmp_path, small, progress=False) == root
-    assert {p: os.stat(p).st_mtime_ns for p in root.rglob("*")} == mtimes
+    # nothing rewritten (only the store's usage marker is touched)
+    assert {p: os.stat(p).st_mtime_ns for p in root.rglob("*") if p.name != LAST_USED} == mtimes
     messages = [r.getMessage() for r in caplog.records]
     assert sum("Generating SYNTHETIC BreakHis (not real data)" in m for m in messages) == 1
     assert sum("Reusing SYNTHETIC BreakHis" in m for m in messages) == 1

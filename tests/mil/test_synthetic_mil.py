@@ -20,11 +20,15 @@ from histo_lightning.data.synthetic.colon import (
 from histo_lightning.data.synthetic.tree import MARKER_FILE
 from histo_lightning.data.synthetic.ucsb import SyntheticUcsbConfig, generate_ucsb
 from histo_lightning.data.ucsb import IMAGE_DIR, scan_ucsb
+from histo_lightning.stores.store import INFO_FILE, LAST_USED
 
 
 def _files(root: Path) -> dict[str, bytes]:
+    """Every file of the dataset tree (not the store's own record: cache.json, .last_used)."""
     return {
-        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name not in (INFO_FILE, LAST_USED)
     }
 
 

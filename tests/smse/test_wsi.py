@@ -4,6 +4,7 @@ known, the per-slide index cache, one openslide handle per DataLoader worker, co
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -185,28 +186,42 @@ def test_tiled_mask_reads_regions_and_counts_blocks_like_the_dense_array(
 
 
 # ---- the per-slide index cache ----------------------------------------------------------------------------
-def test_patch_index_is_cached_by_everything_that_made_it(tmp_path: Path) -> None:
+def test_patch_index_is_cached_by_everything_that_made_it(tmp_path: Path, caplog) -> None:
     slide, mask = known_slide(tmp_path / "slides")
     cache = tmp_path / "cache"
     spec = PatchSpec(patch_size=128, stride=128, n_per_slide=10, tissue_downsample=16.0)
     first = load_or_sample_patches(slide, mask, tmp_path, cache, spec)
     again = load_or_sample_patches(slide, mask, tmp_path, cache, spec)
     pd.testing.assert_frame_equal(first, again)
-    assert len(list(cache.glob("*.csv"))) == 1
+    assert len(list(cache.glob("*/patches.csv"))) == 1
     load_or_sample_patches(slide, mask, tmp_path, cache, PatchSpec(**{**spec.__dict__, "seed": 1}))
     load_or_sample_patches(slide, None, tmp_path, cache, spec)
-    assert len(list(cache.glob("*.csv"))) == 3  # another seed, no mask: other indexes, never mixed
-    sidecar = next(p for p in cache.glob("*.json") if p.name != "cache.json")  # not the cache's own
-    description = json.loads(sidecar.read_text())
-    description["spec"]["n_per_slide"] = 999
-    sidecar.write_text(json.dumps(description))
-    with pytest.raises(ConfigError, match="refusing to mix"):
-        for _ in range(3):  # whichever index the tampered sidecar belongs to
-            load_or_sample_patches(slide, mask, tmp_path, cache, spec)
-            load_or_sample_patches(slide, None, tmp_path, cache, spec)
-            load_or_sample_patches(
-                slide, mask, tmp_path, cache, PatchSpec(**{**spec.__dict__, "seed": 1})
-            )
+    assert (
+        len(list(cache.glob("*/patches.csv"))) == 3
+    )  # another seed, no mask: other indexes, never mixed
+    # a record that disagrees with its key, or a damaged index, is resampled (logged), never mixed
+    for damage in ("record", "truncate"):
+        (store,) = [
+            p.parent for p in cache.glob("*/patches.csv") if _index_of(p.parent, spec, mask)
+        ]
+        if damage == "record":
+            info = json.loads((store / "cache.json").read_text())
+            info["made_by"]["spec"]["n_per_slide"] = 999
+            (store / "cache.json").write_text(json.dumps(info))
+        else:
+            (store / "patches.csv").write_text("x,y\n")
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            rebuilt = load_or_sample_patches(slide, mask, tmp_path, cache, spec)
+        pd.testing.assert_frame_equal(rebuilt, first)
+        assert any(
+            f"{store}" in r.getMessage() and "rebuilding" in r.getMessage() for r in caplog.records
+        )
+
+
+def _index_of(store: Path, spec: PatchSpec, mask: Path) -> bool:
+    made_by = json.loads((store / "cache.json").read_text())["made_by"]
+    return made_by["mask"] is not None and made_by["spec"]["seed"] == spec.seed
 
 
 # ---- one handle per worker -----------------------------------------------------------------------------

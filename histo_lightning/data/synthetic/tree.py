@@ -6,13 +6,12 @@ A generator (one per dataset: :mod:`~histo_lightning.data.synthetic.breakhis`,
 field of which enters the tree's name) and a function writing the tree into a folder. This module does
 the rest the same way for all of them:
 
-* the tree lives at ``<data_dir>/synthetic/<dataset>-<config hash>`` (:meth:`SyntheticGenerator.ensure`);
-* it is written into a temporary sibling ``<root>.tmp-<uuid>`` that is renamed to ``root`` when complete
-  (removed on failure), so ``root`` is either absent or complete; concurrent processes (DDP ranks, parallel
-  sweep jobs) generate it once under a file lock and the others reuse it; leftovers of crashed runs are
-  removed;
-* ``SYNTHETIC_DATA.json`` marks it as synthetic and holds the config (a tree is reused only when its marker
-  matches the config and the generator version);
+* the tree lives at ``<data_dir>/synthetic/<dataset>-<config hash>`` (:meth:`SyntheticGenerator.ensure`)
+  and is a store of :mod:`histo_lightning.stores.store` (kind ``synthetic``): written once under a lock
+  into a temporary sibling renamed when complete, so concurrent processes (DDP ranks, parallel sweep jobs)
+  generate it once and the others reuse it; ``cache.json`` records its files, checked on every open (a
+  damaged tree is generated again, with a logged line);
+* ``SYNTHETIC_DATA.json`` marks it as synthetic and holds the config;
 * the images are rendered by :func:`run_tasks`: in-process or on joblib's loky workers (single-threaded
   OpenCV each), results in task order, with the progress bar of :mod:`histo_lightning.utils.progress`.
   Every image draws from its own seeded random stream, so the files are byte-identical for any number of
@@ -21,101 +20,24 @@ the rest the same way for all of them:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import shutil
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import cv2
-from filelock import FileLock
 from joblib import Parallel, delayed
 
-from histo_lightning.utils.io import fsync_tree
+from histo_lightning.stores.keys import digest
+from histo_lightning.stores.store import Store
 from histo_lightning.utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
 MARKER_FILE = "SYNTHETIC_DATA.json"
-
-
-def config_fingerprint(config: dict, generator_version: int) -> str:
-    """Short stable hex hash of a generator's JSON config and version (names the tree's folder)."""
-    payload = json.dumps({"config": config, "generator_version": generator_version}, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:12]
-
-
-def marker_matches(root: Path, generator_version: int, config: dict) -> bool:
-    """Whether ``root`` holds a finished synthetic tree written by this generator version from ``config``."""
-    try:
-        marker = json.loads((Path(root) / MARKER_FILE).read_text())
-    except (OSError, ValueError):
-        return False
-    return (
-        marker.get("synthetic") is True
-        and marker.get("generator_version") == generator_version
-        and marker.get("config") == config
-    )
-
-
-def write_tree_atomically(root: Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a fresh temporary folder and rename it to ``root``.
-
-    Raises:
-        FileExistsError: ``root`` exists already, or appeared while writing.
-    """
-    root = Path(root)
-    if root.exists():
-        raise FileExistsError(f"{root} already exists; refusing to overwrite it")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.with_name(f"{root.name}.tmp-{uuid.uuid4().hex}")
-    try:
-        tmp.mkdir()
-        write(tmp)
-        fsync_tree(tmp)
-        try:
-            tmp.rename(root)
-        except OSError as err:
-            if root.exists():
-                raise FileExistsError(
-                    f"{root} appeared while generating; refusing to overwrite"
-                ) from err
-            raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return root
-
-
-def ensure_tree(
-    root: Path, is_complete: Callable[[Path], bool], write: Callable[[Path], None], label: str
-) -> Path:
-    """``root``, generated once with ``write`` unless ``is_complete(root)`` already.
-
-    Raises:
-        FileExistsError: ``root`` exists but is not a complete tree for this config.
-    """
-    root = Path(root)
-    if is_complete(root):
-        log.info("Reusing %s (not real data) at %s", label, root)
-        return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(f"{root}.lock"):
-        if is_complete(root):
-            log.info("Reusing %s (not real data) at %s", label, root)
-            return root
-        if root.exists():
-            raise FileExistsError(
-                f"{root} exists but is not a {label} tree for this config; remove it"
-            )
-        for stale in root.parent.glob(f"{root.name}.tmp-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        log.info("Generating %s (not real data) at %s", label, root)
-        return write_tree_atomically(root, write)
+TREE_FORMAT = 1
 
 
 Task = TypeVar("Task")
@@ -170,7 +92,9 @@ class SyntheticConfig:
 
     def fingerprint(self) -> str:
         """Short stable hex hash of all fields and the generator version (names the tree's folder)."""
-        return config_fingerprint(self.to_json_dict(), self.generator_version)
+        return digest(
+            {"config": self.to_json_dict(), "generator_version": self.generator_version}, 12
+        )
 
 
 @dataclass(frozen=True)
@@ -219,6 +143,16 @@ class SyntheticGenerator:
 
         return write
 
+    def store(self, root: str | Path, config: SyntheticConfig, owned: bool) -> Store:
+        """The tree at ``root`` as a store: made by this generator (module, version) from ``config``."""
+        made_by = {
+            "dataset": self.dataset,
+            "generator": self.module,
+            "generator_version": config.generator_version,
+            "config": config.to_json_dict(),
+        }
+        return Store(root, "synthetic", made_by, TREE_FORMAT, owned=owned)
+
     def generate(
         self, root: str | Path, config: SyntheticConfig, workers: int = 1, progress: bool = True
     ) -> Path:
@@ -227,32 +161,36 @@ class SyntheticGenerator:
         Raises:
             FileExistsError: ``root`` already exists.
         """
-        return write_tree_atomically(Path(root), self._writer(config, workers, progress))
+        root = Path(root)
+        if root.exists():
+            raise FileExistsError(f"{root} already exists; refusing to overwrite it")
+        self.store(root, config, owned=False).ensure(
+            self._writer(config, workers, progress), f"{self.label}, not real data"
+        )
+        return root
 
     def ensure(
         self, data_dir: str | Path, config: SyntheticConfig, workers: int = 1, progress: bool = True
     ) -> Path:
-        """The tree of ``config`` at ``<data_dir>/synthetic/<dataset>-<fingerprint>``, generated once.
-
-        Raises:
-            FileExistsError: the folder exists but is not a tree generated from ``config``.
-        """
+        """The tree of ``config`` at ``<data_dir>/synthetic/<dataset>-<fingerprint>``, generated once
+        (again, with a logged line, when it is damaged or was written before the store mechanism)."""
         root = Path(data_dir) / "synthetic" / f"{self.dataset}-{config.fingerprint()}"
-        return ensure_tree(
-            root,
-            lambda r: marker_matches(r, config.generator_version, config.to_json_dict()),
-            self._writer(config, workers, progress),
-            self.label,
-        )
+        write = self._writer(config, workers, progress)
+
+        def generate(folder: Path) -> None:
+            log.info("Generating %s (not real data) at %s", self.label, root)
+            write(folder)
+
+        if not self.store(root, config, owned=True).ensure(
+            generate, f"{self.label}, not real data"
+        ):
+            log.info("Reusing %s (not real data) at %s", self.label, root)
+        return root
 
 
 __all__ = [
     "MARKER_FILE",
     "SyntheticConfig",
     "SyntheticGenerator",
-    "config_fingerprint",
-    "ensure_tree",
-    "marker_matches",
     "run_tasks",
-    "write_tree_atomically",
 ]
