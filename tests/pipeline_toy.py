@@ -117,7 +117,8 @@ class ToyDataModule(pl.LightningDataModule):
 
 
 class ToyClassifier(pl.LightningModule):
-    """A 2-layer MLP with dropout before its head; ``predict_step`` returns its hidden features."""
+    """A 2-layer MLP with dropout before its head and a per-step learning-rate schedule;
+    ``predict_step`` returns its hidden features."""
 
     def __init__(
         self, lr: float = 0.05, hidden: int = 4, monitor: str = "val/acc", dropout: float = 0.2
@@ -162,8 +163,19 @@ class ToyClassifier(pl.LightningModule):
     def on_train_epoch_start(self) -> None:
         crash_point("epoch_start", self.current_epoch)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+    def configure_optimizers(self) -> dict[str, Any]:
+        # a per-step schedule over the whole fit, as the real models have: reading
+        # estimated_stepping_batches makes Lightning build the training iterator before a resumed fit's
+        # loop state is restored
+        optimizer = torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+        steps = max(1, int(self.trainer.estimated_stepping_batches))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: 1 - 0.5 * step / steps
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
 
 
 class SimulatedCrash(RuntimeError):

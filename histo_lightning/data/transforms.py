@@ -10,8 +10,8 @@ augment differently. The data modules therefore seed every training transform th
   seed, drawn from the loader's generator every epoch, plus the worker id), so workers differ from each
   other and from epoch to epoch, and the same run repeats: :func:`worker_init`.
 
-Under the stage runner every training loader is an :class:`EpochSeededLoader`: when it makes an epoch's
-iterator it reseeds the global generators, its own generator (sampler order, worker seeds), the sampler's
+Under the stage runner every training loader is an :class:`EpochSeededLoader`: at an epoch's first fetch it
+reseeds the global generators, its own generator (sampler order, worker seeds), the sampler's
 epoch and the main-process transforms from the epoch's seed (:class:`~histo_lightning.utils.seeding.
 EpochSeeding`), so an epoch is a function of (run seed, stage, epoch) and a resumed fit repeats the epochs
 it redoes exactly. Its workers are started afresh every epoch (persistent workers would keep the random
@@ -75,9 +75,9 @@ def worker_init(worker_id: int) -> None:
 
 
 def epoch_starting(trainer: Any) -> int:
-    """The epoch a training iterator is made for. On the first epoch after a resume from an end-of-epoch
-    checkpoint, Lightning makes it while ``current_epoch`` still names the epoch that finished; the epoch
-    progress's ``processed`` count (what Lightning gives ``set_epoch``) is the epoch about to run."""
+    """The epoch whose first batch is being fetched: the epoch progress's ``processed`` count (what
+    Lightning gives ``set_epoch``); after a resume from an end-of-epoch checkpoint ``current_epoch`` may
+    still name the epoch that finished."""
     loop = getattr(trainer, "fit_loop", None)
     progress = getattr(getattr(loop, "epoch_progress", None), "current", None)
     if progress is not None:
@@ -87,6 +87,13 @@ def epoch_starting(trainer: Any) -> int:
 
 class EpochSeededLoader(DataLoader):
     """A training DataLoader whose every epoch starts from the epoch's seed (module docstring).
+
+    Its iterator is made when the epoch's FIRST BATCH is fetched, right after seeding, not when Lightning
+    asks for it: Lightning makes the first epoch's iterator early (before a resumed fit's loop state is
+    restored when ``configure_optimizers`` reads ``trainer.estimated_stepping_batches``) and then calls
+    hooks, so only the first fetch comes at the same point of an epoch in one go and after a resume.
+    There the global generators, the loader's generator (shuffled order, worker seeds), the sampler's
+    epoch and the main-process transforms are seeded from ``(stage seed, epoch)``; workers start then.
 
     Args:
         owner: the data module that built it; its ``trainer`` (attached by Lightning) says the epoch and
@@ -103,21 +110,51 @@ class EpochSeededLoader(DataLoader):
         super().__init__(*args, **kwargs)
         self.owner = owner
 
-    def __iter__(self) -> Any:
+    def seeding(self) -> tuple[Any, EpochSeeding] | None:
+        """The trainer and its epoch seeding, or None."""
         trainer = getattr(self.owner, "trainer", None)
         seeding = EpochSeeding.of(trainer)
-        if seeding is not None:
-            epoch = epoch_starting(trainer)
-            seed = seeding.epoch_seed(epoch)
-            seed_globals(seed)
-            self.generator.manual_seed(derive_seed(seed, "loader"))
-            for sampler in {id(s): s for s in (self.sampler, self.batch_sampler)}.values():
-                for candidate in (sampler, getattr(sampler, "sampler", None)):
-                    if callable(getattr(candidate, "set_epoch", None)):
-                        candidate.set_epoch(epoch)
-            if self.num_workers == 0:
-                seed_transforms(self.dataset, derive_seed(seed, "transforms"))
-        return super().__iter__()
+        return None if seeding is None else (trainer, seeding)
+
+    def seed_epoch(self, trainer: Any, seeding: EpochSeeding) -> None:
+        """Seed everything the epoch draws from (class docstring)."""
+        epoch = epoch_starting(trainer)
+        seed = seeding.epoch_seed(epoch)
+        seed_globals(seed)
+        self.generator.manual_seed(derive_seed(seed, "loader"))
+        for sampler in {id(s): s for s in (self.sampler, self.batch_sampler)}.values():
+            for candidate in (sampler, getattr(sampler, "sampler", None)):
+                if callable(getattr(candidate, "set_epoch", None)):
+                    candidate.set_epoch(epoch)
+        if self.num_workers == 0:
+            seed_transforms(self.dataset, derive_seed(seed, "transforms"))
+
+    def __iter__(self) -> Any:
+        if self.seeding() is None:
+            return super().__iter__()
+        return _FirstFetchIterator(self)
+
+
+class _FirstFetchIterator:
+    """An epoch of an :class:`EpochSeededLoader`: seeds and makes the real iterator at the first fetch."""
+
+    def __init__(self, loader: EpochSeededLoader) -> None:
+        self.loader = loader
+        self.iterator: Any = None
+
+    def __iter__(self) -> _FirstFetchIterator:
+        return self
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __next__(self) -> Any:
+        if self.iterator is None:
+            found = self.loader.seeding()
+            if found is not None:
+                self.loader.seed_epoch(*found)
+            self.iterator = DataLoader.__iter__(self.loader)
+        return next(self.iterator)
 
 
 __all__ = [

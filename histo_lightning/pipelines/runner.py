@@ -33,7 +33,7 @@ on which stages happened to run earlier in this process** (the same command give
 ``metrics.json`` whether stores were cold or warm and whether it ran in one go or was killed and rerun):
 
 * *randomness by name*: a stage that runs is seeded from ``(seed, stage name)`` when it starts, and every
-  training epoch of a fit from ``(stage seed, epoch)`` when its iterator is made, workers and sampler
+  training epoch of a fit from ``(stage seed, epoch)`` at its first batch, workers and sampler
   included (:mod:`histo_lightning.utils.seeding`); no random state is carried from stage to stage, so a
   skipped stage, a cache that made a predict stage compute nothing, or a resume leaves the others' streams
   as they are;

@@ -174,6 +174,7 @@ class FitStage(Stage):
             monitor=None,
             save_top_k=1,
             enable_version_counter=False,
+            save_on_train_epoch_end=True,  # every epoch, also with trainer.check_val_every_n_epoch > 1
         )
         return [kept, last]
 

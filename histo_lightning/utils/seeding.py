@@ -8,12 +8,13 @@ earlier stages left behind: the runner (:mod:`histo_lightning.pipelines.runner`)
   numpy, torch and CUDA, with Lightning's ``seed_everything``): the initial weights, a K-means, a
   t-SNE draw from it;
 * each **training epoch** of a fit, from ``(stage seed, "epoch", epoch)`` (:class:`EpochSeeding`, which a
-  fit stage adds to its trainer). The seed is applied when the epoch's training iterator is made
-  (:class:`~histo_lightning.data.transforms.EpochSeededLoader`), the one point that precedes all of an
-  epoch's random draws — the sampler's order, the DataLoader workers' seeds, the main-process
-  augmentations, dropout — also on the first epoch after a resume, when Lightning makes the iterator
-  before any epoch hook and calls no ``on_train_epoch_start`` at all. A fit resumed from the
-  ``last.ckpt`` of its last completed epoch therefore continues exactly as in one go;
+  fit stage adds to its trainer). The seed is applied when the epoch's first training batch is fetched
+  (:class:`~histo_lightning.data.transforms.EpochSeededLoader`, which makes the epoch's iterator only
+  then), the one point that precedes all of an epoch's random draws — the sampler's order, the
+  DataLoader workers' seeds, the main-process augmentations, dropout — at the same place in one go and
+  after a resume. (Not ``on_train_epoch_start``: Lightning calls none on the first epoch after a resume,
+  and makes that epoch's iterator before any hook, sometimes before the loop state is restored.) A fit
+  resumed from the ``last.ckpt`` of its last completed epoch therefore continues exactly as in one go;
 * each **DataLoader worker** from the epoch's loader seed and its worker id (torch's own rule, then
   Lightning's ``pl_worker_init_function``; :func:`~histo_lightning.data.transforms.worker_init`).
 
@@ -61,8 +62,8 @@ def seed_stage(run_seed: int | None, stage: str) -> int | None:
 class EpochSeeding(pl.Callback):
     """Carries a fit stage's seed; every training epoch starts from ``derive_seed(seed, "epoch", e)``.
 
-    It does nothing in a hook of its own: the training loader asks it for the epoch's seed when it makes
-    the epoch's iterator (see the module docstring for why there and not in ``on_train_epoch_start``).
+    It does nothing in a hook of its own: the training loader asks it for the epoch's seed at the epoch's
+    first fetch (see the module docstring for why there and not in ``on_train_epoch_start``).
     """
 
     def __init__(self, seed: int) -> None:
