@@ -17,30 +17,47 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from histo_lightning.data.feature_cache import FeatureCache
+from histo_lightning.data.transforms import EpochSeededLoader, worker_init
 from histo_lightning.utils.io import write_text_atomic
 
 
 class ToySamples(Dataset):
-    def __init__(self, x: np.ndarray, y: np.ndarray) -> None:
+    """Samples; with ``noise``, each draw adds Gaussian noise (an augmentation, drawn where it is loaded:
+    the main process or a DataLoader worker)."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, noise: float = 0.0) -> None:
         self.x, self.y = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y)
+        self.noise = noise
 
     def __len__(self) -> int:
         return len(self.y)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        return {"x": self.x[i], "label": self.y[i], "index": i}
+        x = self.x[i] + self.noise * torch.randn(self.x.shape[1]) if self.noise else self.x[i]
+        return {"x": x, "label": self.y[i], "index": i}
 
 
 class ToyDataModule(pl.LightningDataModule):
-    """Two Gaussian classes in 8 dimensions; ``n`` samples split 50/25/25 (or no validation)."""
+    """Two Gaussian classes in 8 dimensions; ``n`` samples split 50/25/25 (or no validation). Training
+    samples get noise (``noise``); the training loader is seeded by epoch like every data module's."""
 
-    def __init__(self, n: int = 96, seed: int = 0, val: bool = True, batch_size: int = 8) -> None:
+    def __init__(
+        self,
+        n: int = 96,
+        seed: int = 0,
+        val: bool = True,
+        batch_size: int = 8,
+        noise: float = 0.1,
+        num_workers: int = 0,
+    ) -> None:
         super().__init__()
         rng = np.random.default_rng(seed)
         self.y = rng.integers(0, 2, n)
         self.x = rng.normal(size=(n, 8)) + self.y[:, None] * 1.5
         self.val = val
         self.batch_size = batch_size
+        self.noise = noise
+        self.num_workers = num_workers
         self.seed = seed
         self.skipped: list = []
         idx = np.arange(n)
@@ -81,7 +98,15 @@ class ToyDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self._dataset("train"), batch_size=self.batch_size, shuffle=True)
+        rows = self.subsets["train"]
+        return EpochSeededLoader(
+            ToySamples(self.x[rows], self.y[rows], noise=self.noise),
+            owner=self,
+            batch_size=self.batch_size,
+            shuffle=True,
+            num_workers=self.num_workers,
+            worker_init_fn=worker_init,
+        )
 
     def val_dataloader(self) -> DataLoader | list:
         if not self.has_validation():
@@ -93,13 +118,16 @@ class ToyDataModule(pl.LightningDataModule):
 
 
 class ToyClassifier(pl.LightningModule):
-    """A 2-layer MLP; ``predict_step`` returns its hidden features."""
+    """A 2-layer MLP with dropout before its head and a per-step learning-rate schedule;
+    ``predict_step`` returns its hidden features."""
 
-    def __init__(self, lr: float = 0.05, hidden: int = 4, monitor: str = "val/acc") -> None:
+    def __init__(
+        self, lr: float = 0.05, hidden: int = 4, monitor: str = "val/acc", dropout: float = 0.2
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.body = nn.Sequential(nn.Linear(8, hidden), nn.Tanh())
-        self.head = nn.Linear(hidden, 2)
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden, 2))
         self.best = -1.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -133,8 +161,22 @@ class ToyClassifier(pl.LightningModule):
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         crash_point("fit", self.trainer.global_step)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+    def on_train_epoch_start(self) -> None:
+        crash_point("epoch_start", self.current_epoch)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        # a per-step schedule over the whole fit, as the real models have: reading
+        # estimated_stepping_batches makes Lightning build the training iterator before a resumed fit's
+        # loop state is restored
+        optimizer = torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+        steps = max(1, int(self.trainer.estimated_stepping_batches))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: 1 - 0.5 * step / steps
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
 
 
 class ToyEncoder(pl.LightningModule):
@@ -221,3 +263,28 @@ SHARED_PIPELINE = {
         "shared_report": {"kind": "function", "fn": "tests.pipeline_toy.shared_feature_norm"},
     },
 }
+
+
+def random_draws(ctx: Any, label: str = "") -> dict[str, Any]:
+    """A function stage that draws from Python's, numpy's and torch's global generators (as a K-means or a
+    t-SNE would) and reports the draws."""
+    import random
+
+    draws = {
+        "python": random.random(),
+        "numpy": float(np.random.rand()),  # noqa: NPY002 (the global stream under test)
+        "torch": float(torch.rand(1)),
+    }
+    return {"metrics": draws, "label": label}
+
+
+def train_on_class(ctx: Any, label: int = 1) -> None:
+    """A data hook: this stage trains on the samples of one class only (in its own view)."""
+    view = ctx.datamodule
+    rows = view.subsets["train"]
+    view.subsets = {**view.subsets, "train": rows[view.y[rows] == label]}
+
+
+def training_samples(ctx: Any) -> dict[str, Any]:
+    """A function stage reporting how many training samples its data view holds."""
+    return {"metrics": {"train_samples": len(ctx.datamodule.subsets["train"])}}

@@ -1,7 +1,9 @@
 """The stage runner on a toy three-stage pipeline (fit → predict into the feature cache → function).
 
 Finished stages are skipped, changed ones redone with everything after them, an interrupted fit resumes
-from its last checkpoint, and an interrupted prediction computes only the rows its cache lacks.
+from its last checkpoint to the same weights as in one go, an interrupted prediction computes only the rows
+its cache lacks; a stage's random numbers do not depend on whether earlier stages ran or were skipped, and
+what a stage's data hooks set stays in that stage.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from histo_lightning.data.feature_cache import FeatureCache
 from histo_lightning.errors import ConfigError
 from histo_lightning.pipelines.runner import run_pipeline
 from histo_lightning.stores.store import StoreError
+from histo_lightning.utils.checkpoints import load_state_dict
 from tests.pipeline_toy import SHARED_PIPELINE, TOY_PIPELINE, SimulatedCrash
 
 
@@ -93,19 +96,102 @@ def test_a_changed_stage_is_redone_with_every_stage_after_it(toy_cfg, caplog) ->
     assert messages.count("an earlier stage was redone") == 2
 
 
-def test_an_interrupted_fit_resumes_from_its_last_checkpoint(toy_cfg, monkeypatch) -> None:
-    reference = run_pipeline(toy_cfg("reference"))
-    monkeypatch.setenv("TOY_CRASH", "fit:8")  # 6 steps per epoch: inside the second epoch
+def _weights(cfg, checkpoint: str) -> dict:
+    return load_state_dict(Path(cfg.paths.output_dir) / "01_fit" / checkpoint)
+
+
+@pytest.mark.parametrize(
+    ("crash", "workers"),
+    [
+        ("fit:8", 0),  # 6 steps per epoch: inside the second epoch, main-process loading
+        (
+            "epoch_start:2",
+            2,
+        ),  # at a boundary (epoch 1's checkpoint written), two DataLoader workers
+    ],
+)
+def test_an_interrupted_fit_resumes_to_the_weights_of_one_run_in_one_go(
+    toy_cfg, monkeypatch, crash: str, workers: int
+) -> None:
+    """Dropout, the samples' noise (drawn in workers too) and the shuffled order all start every epoch
+    from (seed, stage, epoch): the resumed fit repeats the interrupted epochs exactly."""
+    reference_cfg = toy_cfg("reference", num_workers=workers)
+    reference = run_pipeline(reference_cfg)
+    monkeypatch.setenv("TOY_CRASH", crash)
     with pytest.raises(SimulatedCrash):
-        run_pipeline(toy_cfg())
+        run_pipeline(toy_cfg(num_workers=workers))
     out = Path(toy_cfg().paths.output_dir)
     assert not (out / "01_fit" / "done.json").exists()
     monkeypatch.delenv("TOY_CRASH")
-    resumed = run_pipeline(toy_cfg())
+    resumed = run_pipeline(toy_cfg(num_workers=workers))
     fit = _info(toy_cfg())["stages"]["fit"]
     assert fit["status"] == "resumed" and fit["resumed_from"].endswith("last.ckpt")
     assert fit["global_step"] == 18
-    assert set(resumed) == set(reference)
+    # bit-identical training: the same weights, best checkpoint and every metric (continuous ones too)
+    for checkpoint in ("last.ckpt", fit["best_checkpoint"].removeprefix("checkpoints/")):
+        ours, theirs = (
+            _weights(toy_cfg(), "checkpoints/" + checkpoint),
+            _weights(reference_cfg, "checkpoints/" + checkpoint),
+        )
+        assert ours.keys() == theirs.keys()
+        assert all(np.array_equal(ours[k].numpy(), theirs[k].numpy()) for k in ours)
+    assert resumed == reference
+
+
+def _draws_pipeline(order: list[str] | None = None) -> dict:
+    pipeline = copy.deepcopy(TOY_PIPELINE)
+    for name in ("draws", "draws_again"):
+        pipeline["stages"][name] = {
+            "kind": "function",
+            "fn": "tests.pipeline_toy.random_draws",
+            "kwargs": {"label": "first"},
+        }
+    if order:
+        pipeline["order"] = order
+    return pipeline
+
+
+def test_a_stage_draws_the_same_random_numbers_whether_earlier_stages_ran_or_were_skipped(
+    toy_cfg,
+) -> None:
+    def draws(metrics: dict, stage: str = "draws") -> dict:
+        return {k: v for k, v in metrics.items() if k.startswith(f"{stage}/")}
+
+    ran = run_pipeline(toy_cfg(pipeline=_draws_pipeline()))
+    assert draws(ran) and draws(ran) != {
+        k.replace("draws_again", "draws"): v for k, v in draws(ran, "draws_again").items()
+    }  # each stage its own stream, from its name
+    # the same run folder, the draws stage changed: fit, embed and report are skipped, draws redone
+    changed = _draws_pipeline()
+    changed["stages"]["draws"]["kwargs"]["label"] = "second"
+    skipped = run_pipeline(toy_cfg(pipeline=changed))
+    statuses = _statuses(toy_cfg())
+    assert statuses["fit"] == statuses["embed"] == statuses["report"] == "skipped"
+    assert statuses["draws"] == "ran"
+    assert draws(skipped) == draws(ran)
+    # no earlier stage in the process at all
+    alone = run_pipeline(toy_cfg("alone", pipeline=_draws_pipeline(order=["draws"])))
+    assert draws(alone) == draws(ran)
+
+
+def test_what_a_stage_data_hooks_set_stays_in_that_stage(toy_cfg) -> None:
+    pipeline = copy.deepcopy(TOY_PIPELINE)
+    pipeline["stages"]["fit"]["data"] = [{"fn": "tests.pipeline_toy.train_on_class", "label": 1}]
+    pipeline["stages"]["count"] = {"kind": "function", "fn": "tests.pipeline_toy.training_samples"}
+    cfg = toy_cfg(pipeline=pipeline)
+    metrics = run_pipeline(cfg)
+    info = _info(cfg)
+    one_class = info["stages"]["fit"]["data"]["n"]["train"]
+    assert 0 < one_class < 48  # the fit trained on its view: class 1 only
+    assert metrics["count/train_samples"] == 48  # the stage after it sees the whole training set
+    assert info["data"]["n"]["train"] == 48 and "data" not in info["stages"]["count"]
+
+
+def test_a_stage_with_the_old_setup_key_is_refused_in_one_line(toy_cfg) -> None:
+    pipeline = copy.deepcopy(TOY_PIPELINE)
+    pipeline["stages"]["fit"]["setup"] = [{"fn": "tests.pipeline_toy.train_on_class"}]
+    with pytest.raises(ConfigError, match=r"pipeline.stages.fit.setup: .* data: \[...\]"):
+        run_pipeline(toy_cfg(pipeline=pipeline))
 
 
 def test_an_interrupted_prediction_computes_only_the_missing_rows(toy_cfg, monkeypatch) -> None:

@@ -97,7 +97,9 @@ class BagDataModule(BaseDataModule):
     heatmap_style: ClassVar[str] = "markers"
     #: what instances are (messages, reports)
     instance_noun: ClassVar[str] = "instances"
-    persistent_workers = False  # the pipeline's stages change the training bags between trainers
+    persistent_workers = (
+        False  # evaluation loaders of many small stages: no workers kept between them
+    )
 
     def __init__(
         self,
@@ -319,8 +321,8 @@ class BagDataModule(BaseDataModule):
 
     # ---- identity ----------------------------------------------------------------------------------
     def sample_settings(self) -> dict[str, Any]:
-        """The dataset's own sample settings. What the pipeline changes (feature bags, generated bags)
-        is not here: the stage configs that change it (their setup hooks) and the upstream stages that
+        """The dataset's own sample settings. What a stage's view sets (feature bags, generated bags)
+        is not here: the stage configs that declare it (their data hooks) and the upstream stages that
         produced it are in the runner's stage fingerprints, and a rerun that skips those stages must
         compute the same data fingerprint as the run that ran them."""
         return {"repeat": self.repeat, "augment": self.augment}

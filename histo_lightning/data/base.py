@@ -17,7 +17,9 @@ transforms, one manifest row per item, for predict stages and feature caches).
   them in ``skipped`` (listed at the end of the run);
 * **loaders**: evaluation loaders get an unrepeated distributed sampler under DDP (every sample is
   evaluated exactly once, Lightning's default sampler would pad), training loaders drop a last batch of one
-  sample (``drop_last: auto``: BatchNorm cannot normalise a batch of one);
+  sample (``drop_last: auto``: BatchNorm cannot normalise a batch of one) and start every epoch from the
+  epoch's seed (:class:`~histo_lightning.data.transforms.EpochSeededLoader`: exact resumes, workers
+  restarted each epoch);
 * the **fingerprint**: a digest of the dataset files, this fold's split rows and the subclass's
   sample-changing settings, never of batch sizes, workers or pin_memory.
 
@@ -48,7 +50,7 @@ from histo_lightning.data.splits import (
     load_or_create_split,
     subsets_for_fold,
 )
-from histo_lightning.data.transforms import seed_transforms, worker_init
+from histo_lightning.data.transforms import EpochSeededLoader, seed_transforms, worker_init
 from histo_lightning.errors import ConfigError, CorruptImageError
 from histo_lightning.stores.keys import digest, frame_digest
 from histo_lightning.utils.batchnorm import lone_last_batch
@@ -317,7 +319,8 @@ class BaseDataModule(pl.LightningDataModule):
         shuffle: bool = False,
         **kwargs: Any,
     ) -> DataLoader:
-        """A DataLoader of ``dataset``: training (``drop_last`` policy) or evaluation (exact under DDP)."""
+        """A DataLoader of ``dataset``: training (``drop_last`` policy, every epoch seeded by name: an
+        :class:`~histo_lightning.data.transforms.EpochSeededLoader`) or evaluation (exact under DDP)."""
         batch_size = batch_size or (self.batch_size if train else self.eval_batch_size)
         if not train and sampler is None:
             sampler = self.eval_sampler(dataset)
@@ -325,6 +328,17 @@ class BaseDataModule(pl.LightningDataModule):
         if train:  # augmentations repeat with the run's seed (histo_lightning.data.transforms)
             seed_transforms(dataset)
             kwargs.setdefault("worker_init_fn", worker_init)
+            return EpochSeededLoader(
+                dataset,
+                owner=self,
+                batch_size=batch_size,
+                shuffle=shuffle,
+                sampler=sampler,
+                num_workers=self.num_workers,
+                pin_memory=self.pin_memory,
+                drop_last=drop_last,
+                **kwargs,
+            )
         return DataLoader(
             dataset,
             batch_size=batch_size,

@@ -9,7 +9,7 @@ The stages are declared in ``conf/pipeline/chsnet.yaml`` and run by
    :class:`~histo_lightning.callbacks.mining.HardExampleMining` callback: negatives with p > 0.2 are the
    false positives (``false_positives.csv``), with Table 2's report (§3.2, §4.2.2);
 3. ``03_refined`` (fit): the refined network on negatives : positives : false positives drawn 1 : 1 : 3
-   (:func:`use_mined_examples`, §4.2.3);
+   (:func:`use_mined_examples`, a data hook: the refined stage's own view of the data module, §4.2.3);
 4. ``04_detection`` (test): :class:`~histo_lightning.models.chsnet.ChsnetCascadeDetector` on the held-out
    fold's whole HPFs (screening p > 0.80, refined p > 0.85, NMS, matching; §4.3), with the detection
    report; its ``test/*`` metrics are the run's ``metrics.json`` (a Table 3 row);
@@ -18,7 +18,8 @@ The stages are declared in ``conf/pipeline/chsnet.yaml`` and run by
 
 ``model.hard_example_mining`` and ``model.cascade`` select Table 4's ablations (without mining there is
 one network; without a cascade the last trained network detects alone). This module holds only what is
-CHS-Net's own: the config check and the two data-module hooks.
+CHS-Net's own: the config check and the two data hooks (``data:`` of a stage; they act on that stage's
+own view of the data module, never on the data module the run shares).
 """
 
 from __future__ import annotations

@@ -12,9 +12,10 @@ Li et al.'s method as stages of the runner (:mod:`histo_lightning.pipelines.runn
     retrain   (fit)       the training bags plus the generated negative bags (:func:`add_generated_bags`)
     test      (test)      the held-out fold, with the heatmap report
 
-The setup hooks (:func:`use_instances`, :func:`add_generated_bags`) change the shared data module; every
-stage that reads bags calls :func:`use_instances` itself, so a stage that runs after skipped ones (a
-rerun) sees the same bags as in one go.
+The data hooks (:func:`use_instances`, :func:`add_generated_bags`) set what a stage reads on that stage's
+own view of the data module (``data:`` in the stage config; :mod:`histo_lightning.pipelines.runner`):
+every stage that reads bags declares :func:`use_instances` itself, only ``retrain`` declares the
+generated bags, and no stage sees what another declared.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def _features_cache(ctx: Any, stage: str) -> FeatureCache:
 
 
 def use_instances(ctx: Any, feature_bags: bool = False, features_stage: str = "features") -> None:
-    """Setup hook: bags of pixels (default) or, with ``feature_bags``, of the cached features of the
+    """Data hook: bags of pixels (default) or, with ``feature_bags``, of the cached features of the
     ``features_stage`` (one row per instance of the dataset; the model then uses an identity encoder)."""
     if not feature_bags:
         return
@@ -173,7 +174,8 @@ def load_generated(path: Any) -> list[np.ndarray]:
 
 
 def add_generated_bags(ctx: Any, stage: str = "generate") -> None:
-    """Setup hook of the retrain stage: the generated negative bags join this fold's training bags."""
+    """Data hook of the retrain stage: the generated negative bags join this fold's training bags (in the
+    stage's own view of the data module)."""
     result = ctx.result(stage)
     bags = load_generated(result.path("bags"))
     ctx.datamodule.add_generated_bags(bags, source=f"stage {stage}")

@@ -7,7 +7,7 @@
       stages:                      # run in this order (or in pipeline.order)
         screening: {kind: fit, module: ${model.screening}}
         mining: {kind: predict, from: screening, subset: train, callbacks: {...}}
-        refined: {kind: fit, module: ${model.refined}, setup: [{fn: ..., ...}]}
+        refined: {kind: fit, module: ${model.refined}, data: [{fn: ..., ...}]}
         detection: {kind: test, module: {...}, inject: {final_net: refined.inference_net}}
 
 A stage is a ``fit`` (a LightningModule and the data module on a Trainer), a ``predict`` (a
@@ -22,12 +22,27 @@ settings, the data module's fingerprint and the fingerprint of the stage before 
 run directory:
 
 * a finished stage whose fingerprint matches is skipped (and the log says so); its outputs are read back
-  from its folder, and the random-number state it ended with is restored, so the stages after it run as
-  they would have in one go;
+  from its folder;
 * a stage whose config or inputs changed is redone — its folder is cleared — and so is every stage after
   it; the log names the keys that changed;
-* an interrupted fit resumes from its ``last.ckpt``; an interrupted prediction computes only the rows its
-  feature cache lacks.
+* an interrupted fit resumes from its ``last.ckpt`` (written at the end of every epoch) and repeats the
+  epochs after it exactly; an interrupted prediction computes only the rows its feature cache lacks.
+
+**A stage's result depends on its own declaration and the finished outputs of the stages it names, never
+on which stages happened to run earlier in this process** (the same command gives the same
+``metrics.json`` whether stores were cold or warm and whether it ran in one go or was killed and rerun):
+
+* *randomness by name*: a stage that runs is seeded from ``(seed, stage name)`` when it starts, and every
+  training epoch of a fit from ``(stage seed, epoch)`` at its first batch, workers and sampler
+  included (:mod:`histo_lightning.utils.seeding`); no random state is carried from stage to stage, so a
+  skipped stage, a cache that made a predict stage compute nothing, or a resume leaves the others' streams
+  as they are;
+* *a data view per stage*: ``StageContext.datamodule`` is the stage's own shallow copy of the run's data
+  module (the data itself is shared, nothing is read twice), made when the stage starts and given to the
+  stage's ``data`` hooks (``data: [{fn: package.module.function, ...kwargs}]``), which declare what this
+  stage uses — feature bags instead of pixels, extra generated bags, mined examples, the unlabelled test
+  set. The run's data module itself is never changed; a view's description is recorded in the stage's
+  ``done.json`` (``data``).
 
 The run ends with the contract of every run: ``metrics.json`` (the ``test/*`` metrics), ``run_info.json``
 (data, stages with their status and fingerprints, machine), the CV summary of a sweep. Under DDP every
@@ -36,6 +51,7 @@ rank runs the same sequence; rank 0 writes the stage files and the ranks meet af
 
 from __future__ import annotations
 
+import copy
 import shutil
 import time
 import uuid
@@ -44,11 +60,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 from lightning_utilities.core.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities.seed import isolate_rng
 
 from histo_lightning.errors import ConfigError
 from histo_lightning.utils.fingerprint import describe_differences, digest
@@ -56,12 +72,14 @@ from histo_lightning.utils.hydra_ddp import prepare_ddp_subprocess_launch
 from histo_lightning.utils.instantiate import build, instantiate_callbacks, instantiate_loggers
 from histo_lightning.utils.io import read_json, write_json_atomic
 from histo_lightning.utils.logging import get_logger
+from histo_lightning.utils.seeding import seed_stage
 
 log = get_logger(__name__)
 
 DONE = "done.json"
 STARTED = "started.json"
-RNG_STATE = "rng_state.npz"
+#: bump when what a stage computes from the same inputs changes (2: stages seeded by name, own data views)
+STAGE_RECORD_VERSION = 2
 # trainer and dataset settings that change how fast, not what, a stage computes
 NON_SEMANTIC_TRAINER_KEYS = frozenset(
     {
@@ -116,63 +134,6 @@ def set_logger_prefix(loggers: list, prefix: str) -> None:
             logger.LOGGER_JOIN_CHAR = "/"
 
 
-# ---- random-number state carried from stage to stage ------------------------------------------------------
-def save_rng_state(path: Path) -> None:
-    """Python, numpy and torch (CPU and CUDA) random states, as arrays (no pickle)."""
-    import random
-
-    version, state, gauss = random.getstate()
-    np_state = np.random.get_state()  # noqa: NPY002 (the global state seed_everything sets)
-    arrays = {
-        "python_version": np.array(version),
-        "python_state": np.array(state, dtype=np.int64),
-        "python_gauss": np.array(np.nan if gauss is None else gauss),
-        "numpy_key": np_state[1],
-        "numpy_pos": np.array(np_state[2]),
-        "numpy_has_gauss": np.array(np_state[3]),
-        "numpy_gauss": np.array(np_state[4]),
-        "torch": torch.get_rng_state().numpy(),
-    }
-    if torch.cuda.is_available():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            arrays[f"cuda_{i}"] = s.numpy()
-    from histo_lightning.utils.io import atomic_path
-
-    with atomic_path(path) as tmp, tmp.open("wb") as handle:
-        np.savez(handle, **arrays)
-
-
-def load_rng_state(path: Path) -> bool:
-    """Restore the states saved by :func:`save_rng_state`; False when there is no such file."""
-    import random
-
-    if not path.is_file():
-        return False
-    with np.load(path) as data:
-        gauss = float(data["python_gauss"])
-        random.setstate(
-            (
-                int(data["python_version"]),
-                tuple(int(v) for v in data["python_state"]),
-                None if np.isnan(gauss) else gauss,
-            )
-        )
-        np.random.set_state(  # noqa: NPY002
-            (
-                "MT19937",
-                data["numpy_key"],
-                int(data["numpy_pos"]),
-                int(data["numpy_has_gauss"]),
-                float(data["numpy_gauss"]),
-            )
-        )
-        torch.set_rng_state(torch.from_numpy(data["torch"].copy()))
-        cuda = sorted(k for k in data.files if k.startswith("cuda_"))
-        if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all([torch.from_numpy(data[k].copy()) for k in cuda])
-    return True
-
-
 # ---- stage records --------------------------------------------------------------------------------------
 @dataclass
 class StageResult:
@@ -201,9 +162,10 @@ class StageResult:
 
 
 class StageContext:
-    """What a stage sees: the config, the data module, the loggers, its folder, earlier stages' results.
+    """What a stage sees: the config, its own view of the data, the loggers, its folder, its seed, earlier
+    stages' results.
 
-    Method functions (``kind: function``, ``setup`` hooks) receive it as their first argument.
+    Method functions (``kind: function``, ``data`` hooks) receive it as their first argument.
     """
 
     def __init__(
@@ -214,6 +176,9 @@ class StageContext:
         self.index = index
         self.stage_cfg = stage_cfg
         self.dir = runner.run_dir / f"{index:02d}_{name}"
+        #: the stage's seed, from (run seed, stage name) (None without a run seed)
+        self.seed: int | None = None
+        self._view: Any = None
 
     # ---- shared objects ---------------------------------------------------------------------------------
     @property
@@ -222,7 +187,25 @@ class StageContext:
 
     @property
     def datamodule(self) -> Any:
-        return self.runner.datamodule
+        """This stage's own view of the run's data module (built on first use, see :meth:`data_view`)."""
+        if self._view is None:
+            self._view = self.data_view()
+        return self._view
+
+    def data_view(self) -> Any:
+        """A shallow copy of the run's data module (the data itself — memmaps, indexes, splits — is
+        shared, nothing is read again) given to the stage's ``data`` hooks, which set on it what this
+        stage trains or predicts on (feature bags, generated bags, mined examples). What they set stays
+        in this stage: the run's data module is never changed, so what a stage sees depends on its own
+        declaration and the finished outputs of the stages it names, not on which stages ran before it
+        in this process."""
+        view = copy.copy(self.runner.datamodule)
+        if isinstance(view, pl.LightningDataModule):
+            view.trainer = None  # attached by this stage's own trainers
+        self._view = view
+        for spec in self.stage_cfg.get("data") or []:
+            self.call(spec)
+        return view
 
     @property
     def loggers(self) -> list:
@@ -372,6 +355,11 @@ class PipelineRunner:
                 raise ConfigError(
                     f"pipeline.stages.{name}.kind={kind!r}: expected one of {sorted(STAGE_KINDS)}"
                 )
+            if "setup" in node:
+                raise ConfigError(
+                    f"pipeline.stages.{name}.setup: stage hooks are now declared as data: [...] and "
+                    "act on the stage's own view of the data module (rename the key)"
+                )
         if self.cfg.get("ckpt_path"):
             from histo_lightning.utils.checkpoints import check_checkpoint
 
@@ -404,6 +392,7 @@ class PipelineRunner:
             "settings": self.semantic_settings(),
             "data": data,
             "upstream": upstream,
+            "record_version": STAGE_RECORD_VERSION,
         }
 
     # ---- loggers and hyper-parameters ------------------------------------------------------------------
@@ -431,9 +420,9 @@ class PipelineRunner:
         if module is None:
             from histo_lightning.pipelines.stages import build_stage_module
 
-            # building draws initial weights: keep the random state that the later stages continue from
-            # as it was restored from the skipped stage (a rerun must run them as in one go)
-            with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
+            # building draws initial weights (then replaced by the checkpoint's): the stage asking for it
+            # (in a rerun; in one go the module is still in memory) must not see its random state move
+            with isolate_rng():
                 module = build_stage_module(self, result.name)
             self._modules[result.name] = module
             if not checkpoint:
@@ -465,7 +454,6 @@ class PipelineRunner:
 
         if done is not None and done.get("fingerprint") == fingerprint and not force:
             log.info(f"{label}: finished earlier with the same config and inputs, skipped")
-            load_rng_state(ctx.dir / RNG_STATE)
             result = StageResult(name, kind, ctx.dir, fingerprint, "skipped", done)
             STAGE_KINDS[kind].restore(ctx, result)
             return result
@@ -490,7 +478,11 @@ class PipelineRunner:
         barrier("stage_started")
         log.info(f"{label}: running in {ctx.dir}")
         began = time.time()
+        ctx.seed = seed_stage(self.cfg.get("seed"), name)
+        view = ctx.datamodule  # the stage's own data view, its data hooks applied
         info = STAGE_KINDS[kind](ctx).run()
+        if stage_cfg.get("data") and callable(getattr(view, "describe", None)):
+            info["data"] = view.describe()  # what this stage's view held (run_info.json)
         info = {
             **info,
             "fingerprint": fingerprint,
@@ -499,7 +491,6 @@ class PipelineRunner:
             "duration_s": round(time.time() - began, 1),
         }
         if is_global_zero():
-            save_rng_state(ctx.dir / RNG_STATE)
             write_json_atomic(ctx.dir / DONE, info)
         barrier("stage_done")
         if not is_global_zero():

@@ -3,17 +3,23 @@
 Keys every stage takes: ``kind``; ``enabled`` (default true); ``log_prefix`` (default: the stage name;
 ``""`` logs unprefixed, as a single fit or a method's final test does); ``callbacks`` (named
 ``_target_`` nodes added to the stage's trainer); ``inject`` (constructor arguments resolved from earlier
-stages: ``{final_net: refined.inference_net}``); ``setup`` (a list of ``{fn: package.module.function,
-...kwargs}`` called with the :class:`~histo_lightning.pipelines.runner.StageContext` before the stage
-runs, e.g. to give the data module the mined examples; they change the shared data module for the stages
-after too).
+stages: ``{final_net: refined.inference_net}``); ``data`` (a list of ``{fn: package.module.function,
+...kwargs}`` called with the :class:`~histo_lightning.pipelines.runner.StageContext` when the stage
+starts: they set on the stage's OWN view of the data module, ``ctx.datamodule``, what this stage uses,
+e.g. the mined examples; no other stage sees it). Every stage that runs is seeded from ``(seed, stage
+name)`` first (:mod:`histo_lightning.utils.seeding`).
 
 ``fit``
     ``module`` (a LightningModule node), ``init_from`` (start from an earlier fit's best weights),
     ``max_epochs`` (capped by ``trainer.max_epochs``), ``monitor``/``monitor_mode`` (default: the module's
     hyper-parameters), ``ckpt_path`` (resume from this checkpoint instead of the stage's own
-    ``last.ckpt``). Checkpoints go to ``<stage>/checkpoints`` (best by the monitor, and last); without a
-    validation set (``split.val_fraction=0``) the last checkpoint is the one kept and used.
+    ``last.ckpt``). Checkpoints go to ``<stage>/checkpoints`` (best by the monitor, and last, written at
+    the end of every epoch); without a validation set (``split.val_fraction=0``) the last checkpoint is
+    the one kept and used. Every training epoch starts from ``(stage seed, epoch)``
+    (:class:`~histo_lightning.utils.seeding.EpochSeeding`), so a fit killed in any epoch resumes from the
+    last completed one and ends with the same weights as in one go (the data module's training loaders
+    are each an :class:`~histo_lightning.data.transforms.EpochSeededLoader`; a data module with plain loaders
+    resumes, but not exactly).
 ``test``
     ``from`` (an earlier fit: its module with its best weights) or ``module`` (+ ``inject``);
     ``ckpt_path`` evaluates that checkpoint instead when the ``from`` stage did not run (``train=false``).
@@ -61,6 +67,7 @@ from histo_lightning.utils.batchnorm import check_training_batch_size
 from histo_lightning.utils.checkpoints import check_checkpoint, load_state_dict
 from histo_lightning.utils.instantiate import build
 from histo_lightning.utils.logging import get_logger
+from histo_lightning.utils.seeding import EpochSeeding
 
 if TYPE_CHECKING:
     from histo_lightning.pipelines.runner import PipelineRunner, StageContext, StageResult
@@ -98,10 +105,6 @@ class Stage:
     @classmethod
     def restore(cls, ctx: StageContext, result: StageResult) -> None:
         """Called when the stage is skipped (finished earlier): nothing to do by default."""
-
-    def run_setup(self) -> None:
-        for spec in self.cfg.get("setup") or []:
-            self.ctx.call(spec)
 
     def relative(self, path: str | Path | None) -> str | None:
         if not path:
@@ -149,14 +152,37 @@ class Stage:
 class FitStage(Stage):
     kind = "fit"
 
-    def checkpoint_callback(self, monitor: str | None, mode: str) -> ModelCheckpoint:
-        settings = {"dirpath": str(self.ctx.dir / "checkpoints"), "monitor": monitor, "mode": mode}
+    def checkpoint_callbacks(self, monitor: str | None, mode: str) -> list[ModelCheckpoint]:
+        """The checkpoint kept by ``monitor`` (the configured ``callbacks.model_checkpoint``), and
+        ``last.ckpt`` written at the end of every epoch, which a killed fit resumes from.
+
+        Lightning (2.6) updates a monitored callback's ``save_last`` only in epochs that improved the
+        monitor, so a second callback without a monitor writes ``last.ckpt``; without a monitor (no
+        validation set) the one callback saves every epoch and its ``save_last`` does that already.
+        """
+        dirpath = str(self.ctx.dir / "checkpoints")
+        settings = {"dirpath": dirpath, "monitor": monitor, "mode": mode}
+        if monitor is not None:
+            settings["save_last"] = False
         template = (self.ctx.cfg.get("callbacks") or {}).get("model_checkpoint")
         if template is not None:
-            return build(template, **settings)
-        return ModelCheckpoint(
-            **settings, save_last=True, filename="epoch_{epoch:03d}", auto_insert_metric_name=False
+            kept = build(template, **settings)
+        else:
+            settings.setdefault("save_last", True)
+            kept = ModelCheckpoint(
+                **settings, filename="epoch_{epoch:03d}", auto_insert_metric_name=False
+            )
+        if monitor is None:
+            return [kept]
+        last = ModelCheckpoint(
+            dirpath=dirpath,
+            filename=ModelCheckpoint.CHECKPOINT_NAME_LAST,
+            monitor=None,
+            save_top_k=1,
+            enable_version_counter=False,
+            save_on_train_epoch_end=True,  # every epoch, also with trainer.check_val_every_n_epoch > 1
         )
+        return [kept, last]
 
     def max_epochs(self) -> int | None:
         cap = self.ctx.cfg.trainer.get("max_epochs")
@@ -186,7 +212,6 @@ class FitStage(Stage):
         if init_from:
             module.load_state_dict(ctx.module(init_from).state_dict())
             log.info(f"Stage {ctx.name}: starting from the weights of stage {init_from}")
-        self.run_setup()
         datamodule = ctx.datamodule
         check_training_batch_size(module, getattr(datamodule, "batch_size", None))
         has_val = (
@@ -197,8 +222,10 @@ class FitStage(Stage):
         mode = self.cfg.get("monitor_mode") or hparams.get("monitor_mode", "max")
         if not has_val:
             log.info(f"Stage {ctx.name}: no validation set, the last checkpoint is the one used")
-        checkpoint = self.checkpoint_callback(monitor if has_val else None, mode)
-        callbacks = [checkpoint, *ctx.generic_callbacks("fit"), *ctx.stage_callbacks()]
+        checkpoints = self.checkpoint_callbacks(monitor if has_val else None, mode)
+        checkpoint = checkpoints[0]
+        seeding = [EpochSeeding(ctx.seed)] if ctx.seed is not None else []
+        callbacks = [*seeding, *checkpoints, *ctx.generic_callbacks("fit"), *ctx.stage_callbacks()]
         trainer = ctx.trainer(callbacks, module, max_epochs=self.max_epochs())
         resumed_from = self.resume_from()
         log.info(f"Stage {ctx.name}: fitting for up to {trainer.max_epochs} epoch(s)")
@@ -216,14 +243,17 @@ class FitStage(Stage):
             # resumed from a last.ckpt written after the final epoch: nothing left to run or log, but the
             # restored checkpoint callback knows the best score
             metrics[best_key] = float(checkpoint.best_model_score)
-        best = checkpoint.best_model_path or checkpoint.last_model_path
+        last_path = (
+            checkpoints[-1].best_model_path if len(checkpoints) > 1 else checkpoint.last_model_path
+        )
+        best = checkpoint.best_model_path or last_path
         ctx.runner.remember_module(ctx.name, module)
         if best:
             load_weights(module, best)
             module._histo_loaded_best = True
         return {
             "best_checkpoint": self.relative(best),
-            "last_checkpoint": self.relative(checkpoint.last_model_path),
+            "last_checkpoint": self.relative(last_path),
             "monitor": monitor if has_val else None,
             "has_validation": has_val,
             "resumed_from": resumed_from,
@@ -239,7 +269,6 @@ class TestStage(Stage):
     def run(self) -> dict[str, Any]:
         ctx = self.ctx
         module, tested = self.source_module()
-        self.run_setup()
         trainer = ctx.trainer([*ctx.generic_callbacks("test"), *ctx.stage_callbacks()], module)
         log.info(f"Stage {ctx.name}: testing ({tested})")
         trainer.test(module, datamodule=ctx.datamodule)
@@ -340,7 +369,6 @@ class PredictStage(Stage):
         )
         stage = cls(ctx)
         module, weights = stage.source_module()
-        stage.run_setup()
         dataset, manifest = stage.samples()
         cache = stage.open_cache(module, weights, dataset, manifest)
         if cache.folder != folder:
@@ -544,7 +572,6 @@ class PredictStage(Stage):
     def run(self) -> dict[str, Any]:
         ctx = self.ctx
         module, weights = self.source_module()
-        self.run_setup()
         dataset, manifest = self.samples()
         cache = self.open_cache(module, weights, dataset, manifest)
         consumers = ctx.stage_callbacks()
@@ -577,7 +604,6 @@ class FunctionStage(Stage):
         ctx = self.ctx
         if not ctx.is_global_zero and not self.cfg.get("all_ranks", False):
             return {}
-        self.run_setup()
         spec = {"fn": self.cfg.get("fn"), **(self.cfg.get("kwargs") or {})}
         returned = ctx.call(spec) or {}
         if not isinstance(returned, dict):

@@ -2,6 +2,8 @@
 
 * mil_hnm end to end through every stage (features → train → mine → generate → retrain → test), then a
   rerun that skips every stage, then a changed mining k that redoes mining and everything after it;
+* the same mil_hnm command on a cold feature cache, on a warm one, and killed during retraining and rerun:
+  three byte-identical metrics.json;
 * mil_ilse on pixels (the real-data config, Ilse's CNN) and on digits bags, smoke-sized;
 * bad input through ``run.py``: one clear line, exit code 2.
 """
@@ -19,6 +21,7 @@ from histo_lightning.data.colon import CLASSIFICATION_DIR, RELEASE_DIR
 from histo_lightning.pipelines.runner import run_pipeline
 from tests.conftest import run_cli
 from tests.mil.conftest import write_colon_image
+from tests.pipeline_toy import SimulatedCrash
 
 QUIET = [
     "callbacks.rich_progress_bar=null",
@@ -78,7 +81,13 @@ def test_mil_hnm_runs_every_stage_skips_on_rerun_and_redoes_mining_when_k_change
     )
     info = _info(cfg)
     assert info["synthetic_data"] is True and info["data"]["protocol"]["departures"]
-    assert info["data"]["train"]["generated_negative_bags"] == mining["negative_bags"]
+    # the retraining stage's own data view held the generated bags; the run's data module and the test
+    # stage's view never did
+    retrain = info["stages"]["retrain"]["data"]
+    assert retrain["train"]["generated_negative_bags"] == mining["negative_bags"]
+    assert retrain["instances"] == "features" and info["stages"]["test"]["data"]["test"]
+    assert "generated_negative_bags" not in info["stages"]["test"]["data"]["train"]
+    assert "generated_negative_bags" not in info["data"]["train"]
     assert info["data"]["totals"]["key_instances"] > 0
 
     again = run_pipeline(make_cfg(TINY_HNM))
@@ -95,6 +104,54 @@ def test_mil_hnm_runs_every_stage_skips_on_rerun_and_redoes_mining_when_k_change
         "test": "ran",
     }
     assert json.loads((out / "03_mine" / "report.json").read_text())["k"] == 2.0
+
+
+def test_mil_hnm_gives_identical_metrics_cold_warm_and_killed_during_retraining(
+    make_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Li et al.'s pipeline, three ways: on a cold feature cache (the features stage computes every row),
+    on a warm one (it computes nothing), and killed inside retraining's last epoch then rerun (train,
+    mine and generate skipped, retrain resumed from its last.ckpt): byte-identical metrics.json."""
+    from histo_lightning.models.mil import MILModule
+
+    args = [
+        *TINY_HNM,
+        "dataset.protocol.epochs=3",
+        f"paths.cache_dir={tmp_path / 'cache'}",  # cold for this test, whatever ran before it
+        "pipeline.stages.test.callbacks.report.max_heatmaps=1",
+    ]
+    cold = make_cfg(args, "cold")
+    run_pipeline(cold)
+    cold_info = _info(cold)
+    assert cold_info["stages"]["features"]["computed"] == cold_info["stages"]["features"]["rows"]
+    warm = make_cfg(args, "warm")
+    run_pipeline(warm)
+    assert _info(warm)["stages"]["features"]["computed"] == 0
+
+    steps = cold_info["stages"]["retrain"]["global_step"]  # 3 epochs; crash inside the last one
+
+    def crash(self: MILModule, outputs: object, batch: object, batch_idx: int) -> None:
+        if (
+            self.trainer.default_root_dir.endswith("_retrain")
+            and self.trainer.global_step == steps - 2
+        ):
+            raise SimulatedCrash(f"killed at step {steps - 2} of retraining")
+
+    with monkeypatch.context() as patch, pytest.raises(SimulatedCrash):
+        patch.setattr(MILModule, "on_train_batch_end", crash, raising=False)
+        run_pipeline(make_cfg(args, "killed"))
+    killed = make_cfg(args, "killed")
+    run_pipeline(killed)
+    statuses = _statuses(killed)
+    assert statuses["train"] == statuses["mine"] == statuses["generate"] == "skipped"
+    assert statuses["retrain"] == "resumed"
+
+    metrics = [
+        (Path(c.paths.output_dir) / "metrics.json").read_bytes() for c in (cold, warm, killed)
+    ]
+    # test/loss is continuous in every weight: equal bytes mean bit-identical training
+    assert "test/loss" in json.loads(metrics[0])
+    assert metrics[0] == metrics[1] == metrics[2]
 
 
 def test_mil_ilse_on_pixels_with_the_real_colon_config(make_cfg, colon_tiny: Path) -> None:
