@@ -140,3 +140,8 @@ def test_fold_and_paths_defaults() -> None:
     assert cfg.fold == 1 and isinstance(cfg.fold, int)
     root = Path(__file__).resolve().parents[1]
     assert cfg.paths.root_dir == str(root) and cfg.paths.data_dir == str(root / "data")
+    # the papers' published splits ship inside the package: nothing beside the repository is read
+    assert cfg.paths.resources_dir == str(root / "histo_lightning" / "resources")
+    bach = _compose(["experiment=rakhlin", "split=official"])
+    assert Path(bach.dataset.official_folds).is_file()
+    assert Path(bach.dataset.official_folds).is_relative_to(root / "histo_lightning" / "resources")

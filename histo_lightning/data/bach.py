@@ -1,6 +1,6 @@
 """BACH (ICIAR 2018 Grand Challenge on Breast Cancer Histology), microscopy images: reader and folds.
 
-Layout (``shared/datasets.md``)::
+Layout (the team's ``shared/datasets.md``)::
 
     ICIAR2018_BACH_Challenge/Photos/{Normal,Benign,InSitu,Invasive}/{n,b,is,iv}NNN.tif   400 labelled
     ICIAR2018_BACH_Challenge/Photos/microscopy_ground_truth.csv   optional: "b001.tif,Benign", no header
@@ -350,7 +350,7 @@ def _read_json(path: Path) -> object:
 def read_official_folds(path: str | Path, labelled: pd.DataFrame) -> pd.DataFrame:
     """A BACH fold file as ``fold, patient, subset`` rows over the images of ``labelled``.
 
-    Two formats are read (``shared/splits/``):
+    Two formats are read (both shipped in ``histo_lightning/resources/splits/``):
 
     * the authors' ten folds, a list of ``{"test": [file names], "test_y": [labels 0–3]}``: fold k's test
       set is its 40 images, its training set every other image; the folds must partition the images and
@@ -364,8 +364,8 @@ def read_official_folds(path: str | Path, labelled: pd.DataFrame) -> pd.DataFram
     path = Path(path)
     if not path.is_file():
         raise ConfigError(
-            f"the BACH fold file {path} (dataset.official_folds) does not exist; it ships in the "
-            f"shared folder beside the repository (paths.shared_dir)"
+            f"the BACH fold file {path} (dataset.official_folds) does not exist; expected a fold file "
+            f"such as the packaged ${{paths.resources_dir}}/splits/bach_rakhlin_folds10.json"
         )
     data = _read_json(path)
     label_of = dict(zip(labelled["patient"], labelled["label"]))
@@ -517,7 +517,8 @@ class BachDataModule(BaseDataModule):
             images with ``split.n_folds=10``; ``official``: the fold file ``official_folds``).
         preprocess: :data:`PREPROCESS_DEFAULTS` fields (half scale, bicubic, then Macenko).
         official_folds: the fold file of ``split=official`` (the authors' ``bach_rakhlin_folds10.json``
-            or the patient-aware ``bach_patient_split.json``, in ``paths.shared_dir``/splits).
+            or the patient-aware ``bach_patient_split.json``, shipped in :mod:`histo_lightning.resources`
+            under ``splits/``).
         include_unlabelled: also cache and serve the unlabelled test images (the submission).
         **kwargs: :class:`~histo_lightning.data.base.BaseDataModule` arguments (``root`` = the folder
             holding ``ICIAR2018_BACH_Challenge/``, or ``synthetic`` for ``dataset=bach_synthetic``).

@@ -2,9 +2,8 @@
 
 * ``${hl.root:}``: the repository root (the folder holding ``conf/`` and ``histo_lightning/``), so that
   default paths do not depend on the directory ``run.py`` is started from or on environment variables.
-* ``${hl.shared:}``: the team's shared folder (papers, dataset notes, the papers' published splits), which
-  lies beside the repository: ``<repository>/../shared``. In a git worktree that has none beside it, the
-  one beside the main checkout is used. ``paths.shared_dir`` overrides it.
+* ``${hl.resources:}``: the package's own data (:mod:`histo_lightning.resources`: the papers' published
+  splits), so that nothing beside the repository is read.
 * ``${hl.if:<condition>,<then>,<else>}``: ``then`` when the condition is true, else ``else`` (e.g. which
   stage's network a pipeline injects, by an ablation switch).
 * ``${hl.all:<a>,<b>,...}``: whether every argument is true (e.g. a stage enabled by two switches).
@@ -19,24 +18,9 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from histo_lightning.resources import RESOURCES_DIR
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-
-
-def shared_dir(project_root: Path = PROJECT_ROOT) -> Path:
-    """``<project_root>/../shared``, or the one beside the main checkout of a git worktree."""
-    beside = project_root.parent / "shared"
-    if beside.is_dir():
-        return beside
-    git = project_root / ".git"
-    if git.is_file():  # a worktree: ".git" holds "gitdir: <main>/.git/worktrees/<name>"
-        text = git.read_text().strip()
-        if text.startswith("gitdir:"):
-            gitdir = Path(text.split(":", 1)[1].strip())
-            common = gitdir / "commondir"
-            main_git = (gitdir / common.read_text().strip()).resolve() if common.is_file() else None
-            if main_git is not None and (main_git.parent.parent / "shared").is_dir():
-                return main_git.parent.parent / "shared"
-    return beside
 
 
 def _if(condition: Any, then: Any, otherwise: Any = None) -> Any:
@@ -57,7 +41,7 @@ def _repeat_seed(seed: int, repeat: int) -> int:
 
 def register() -> None:
     OmegaConf.register_new_resolver("hl.root", lambda: str(PROJECT_ROOT), replace=True)
-    OmegaConf.register_new_resolver("hl.shared", lambda: str(shared_dir()), replace=True)
+    OmegaConf.register_new_resolver("hl.resources", lambda: str(RESOURCES_DIR), replace=True)
     OmegaConf.register_new_resolver("hl.if", _if, replace=True)
     OmegaConf.register_new_resolver(
         "hl.all", lambda *values: all(map(_truth, values)), replace=True
