@@ -9,6 +9,10 @@
 * ``${hl.all:<a>,<b>,...}``: whether every argument is true (e.g. a stage enabled by two switches).
 * ``${hl.repeat_seed:<seed>,<repeat>}``: the seed of repetition ``repeat`` (1-based) of a protocol,
   ``seed + 1000 · (repeat − 1)`` (the MIL experiments reseed training with it, as their folds).
+* ``${hl.range:<n>}``: ``"1,2,…,n"``, a sweep over 1…n as Hydra's override grammar reads it: the
+  experiments declare their paper's protocol with it in ``hydra.sweeper.params`` (``fold:
+  ${hl.range:${dataset.protocol.n_folds}}``), so ``python run.py -m experiment=…`` runs every fold ×
+  repetition of the paper and ``fold=3`` on the command line still wins.
 """
 
 from __future__ import annotations
@@ -39,6 +43,13 @@ def _repeat_seed(seed: int, repeat: int) -> int:
     return repeat_seed(int(seed), int(repeat))
 
 
+def sweep_range(n: Any) -> str:
+    """``"1,2,…,n"`` (see the module docstring); ``n`` must be a positive integer."""
+    if isinstance(n, bool) or int(n) != n or int(n) < 1:
+        raise ValueError(f"hl.range: expected a positive number of folds or repetitions, got {n!r}")
+    return ",".join(str(i) for i in range(1, int(n) + 1))
+
+
 def register() -> None:
     OmegaConf.register_new_resolver("hl.root", lambda: str(PROJECT_ROOT), replace=True)
     OmegaConf.register_new_resolver("hl.resources", lambda: str(RESOURCES_DIR), replace=True)
@@ -47,6 +58,7 @@ def register() -> None:
         "hl.all", lambda *values: all(map(_truth, values)), replace=True
     )
     OmegaConf.register_new_resolver("hl.repeat_seed", _repeat_seed, replace=True)
+    OmegaConf.register_new_resolver("hl.range", sweep_range, replace=True)
 
 
 register()
