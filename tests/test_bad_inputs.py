@@ -422,6 +422,24 @@ CONFIG_CASES = {
         ["experiment=smse_breakhis_pair", "embedding_loss.form=cosine"],
         "embedding_loss.form='cosine': expected one of paper, hadsell",
     ),
+    "dataset_mismatch": (
+        ["experiment=mil_hnm", "dataset=bach_synthetic"],
+        "split.n_folds: it refers to dataset.protocol.n_folds, which is not in the composed config "
+        "(dataset=bach_synthetic has no such key); expected config groups that fit together (e.g. a "
+        "dataset this experiment supports)",
+    ),
+    "batch_size": (
+        ["experiment=breakhis_baseline", "dataset.batch_size=0"],
+        "dataset.batch_size=0: expected an integer of at least 1",
+    ),
+    "num_workers": (
+        ["experiment=breakhis_baseline", "dataset.num_workers=-1"],
+        "dataset.num_workers=-1: expected an integer of at least 0",
+    ),
+    "seed": (
+        ["experiment=breakhis_baseline", "seed=abc"],
+        "seed='abc': expected an integer (or null: no seeding)",
+    ),
     "repeat": (
         ["experiment=chsnet_demo", "repeat=0"],
         "repeat=0: expected a positive integer (the repetition of the protocol, 1 = the first)",
@@ -443,6 +461,14 @@ def test_every_method_choice_is_checked_before_any_stage_runs(case: str, make_cf
         runner.check()  # what run.py does before reading any data
     assert str(caught.value) == message
     assert runner.datamodule is None and not runner.results  # nothing was read or run
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_a_gpu_trainer_without_a_gpu_is_refused_up_front(make_cfg) -> None:
+    from histo_lightning.pipelines.runner import PipelineRunner
+
+    with pytest.raises(ConfigError, match=r"^trainer.accelerator=gpu: no GPU is visible"):
+        PipelineRunner(make_cfg(["experiment=breakhis_baseline", "trainer=gpu"])).check()
 
 
 def test_the_defaults_and_other_spellings_pass(make_cfg) -> None:

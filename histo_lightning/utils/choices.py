@@ -306,6 +306,10 @@ JOB_KEYS: dict[str, Spec] = {
     "repeat": Accepts(
         "a positive integer (the repetition of the protocol, 1 = the first)", is_count
     ),
+    "seed": Accepts(
+        "an integer (or null: no seeding)",
+        lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)),
+    ),
 }
 
 
@@ -324,11 +328,63 @@ def check_job_keys(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}={value!r}: {problem}")
 
 
+def check_references_resolve(cfg: DictConfig) -> None:
+    """Every interpolation names a key that exists: ``experiment=mil_hnm dataset=bach_synthetic`` leaves
+    ``split.n_folds: ${dataset.protocol.n_folds}`` pointing at nothing (config groups that do not fit
+    together). Other resolution failures (``${hydra:...}`` outside a job) are not this check's business."""
+    from omegaconf.errors import InterpolationKeyError
+
+    for node in _nodes(cfg):
+        for key in node:
+            if node is cfg and key == "hydra":
+                continue
+            try:
+                node[key]
+            except InterpolationKeyError as err:
+                missing = str(err).split("'")[1] if "'" in str(err) else str(err)
+                raise ConfigError(
+                    f"{_full_key(node, key)}: it refers to {missing}, which is not in the composed "
+                    f"config{_group_hint(missing)}; expected config groups that fit together (e.g. a "
+                    "dataset this experiment supports)"
+                ) from None
+            except Exception:
+                continue
+
+
+def _group_hint(missing: str) -> str:
+    """`` (dataset=bach_synthetic has no such key)`` when the missing key lies in a chosen group."""
+    from hydra.core.hydra_config import HydraConfig
+
+    group = missing.split(".", 1)[0]
+    try:
+        choice = HydraConfig.get().runtime.choices.get(group) if HydraConfig.initialized() else None
+    except Exception:
+        choice = None
+    return f" ({group}={choice} has no such key)" if choice else ""
+
+
+def check_accelerator(cfg: DictConfig) -> None:
+    """``trainer.accelerator=gpu`` (``trainer=gpu``) needs a GPU this process can see."""
+    accelerator = OmegaConf.select(cfg, "trainer.accelerator", default=None)
+    if str(accelerator).lower() not in ("gpu", "cuda"):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            f"trainer.accelerator={accelerator}: no GPU is visible to this process "
+            "(torch.cuda.is_available() is false); expected trainer=cpu or trainer=default here"
+        )
+
+
 def check_config(cfg: DictConfig) -> None:
     """The checks of this module on a composed job config (the stage runner calls it before anything
-    runs): ``fold`` and ``repeat``, the declared choices and the stages' references to earlier stages."""
+    runs): ``fold``, ``repeat`` and ``seed``, interpolations that point at nothing, the declared
+    choices, the stages' references to earlier stages and a GPU trainer without a GPU."""
     check_job_keys(cfg)
+    check_references_resolve(cfg)
     check_config_choices(cfg)
+    check_accelerator(cfg)
     pipeline = cfg.get("pipeline")
     if isinstance(pipeline, DictConfig) and isinstance(pipeline.get("stages"), DictConfig):
         order = list(pipeline.get("order") or pipeline.stages.keys())
@@ -341,10 +397,12 @@ __all__ = [
     "PROBABILITY",
     "Accepts",
     "OneOf",
+    "check_accelerator",
     "check_arguments",
     "check_config",
     "check_config_choices",
     "check_job_keys",
+    "check_references_resolve",
     "check_stage_references",
     "declare_choices",
     "declared_choices",
