@@ -7,7 +7,11 @@ mistakes a user makes most into one ``error:`` line and exit code 2, like every 
 * an option that does not exist (``experiment=chsnet_dmeo``): names the group and lists its options;
 * a key that does not exist (``trainer.max_epoch=3``): names it, suggests the closest existing key and
   says how to add a new one (``+key=value``);
-* an override Hydra cannot parse (``fold=[``).
+* an override Hydra cannot parse (``fold=[``);
+* a folder the run must write that cannot be written: the run folder (``hydra.run.dir``, or
+  ``hydra.sweep.dir`` with ``-m``), ``paths.cache_dir`` and ``paths.split_dir`` (a path through a file, a
+  read-only file system): checked by creating and removing a scratch folder in the nearest existing
+  folder, so nothing is left behind.
 
 Anything else, and every command with other Hydra flags (``--cfg``, ``--info``, ``-cn``, ...), is left to
 Hydra as before; ``HYDRA_FULL_ERROR=1`` skips the check so that Hydra's own traceback shows. In a
@@ -20,6 +24,7 @@ from __future__ import annotations
 import difflib
 import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -109,28 +114,66 @@ def _missing_key_message(text: str, overrides: list[str]) -> str | None:
     return f"{key}: no such key in the config{hint}; to add a new key use +{key}={value}"
 
 
-def explain(overrides: Sequence[str]) -> str | None:
+def explain(overrides: Sequence[str], multirun: bool = False) -> str | None:
     """The one-line error of composing the config with ``overrides``, or None if it composes.
 
     Only the mistakes listed in the module docstring are explained; other failures return None
-    (Hydra reports them itself).
+    (Hydra reports them itself). ``multirun``: the command has ``-m`` (the sweep folder is checked).
     """
     try:
         single, variants = _first_values(overrides)
     except CommandLineError as err:
         return str(err)
     for candidate in (single, *variants):
-        message = _explain_composition(candidate)
+        message = _explain_composition(candidate, multirun)
         if message is not None:
             return message
     return None
 
 
-def _explain_composition(single: list[str]) -> str | None:
+def _unwritable(path: Path) -> str | None:
+    """Why the folder ``path`` cannot be created or written, or None when it can."""
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        return f"{probe} is a file, not a folder"
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".histo-write-check-", dir=probe))
+    except OSError as err:
+        return f"{probe} is not writable ({err.strerror or err})"
+    return None
+
+
+#: folders every job writes, checked before Hydra creates the run folder (the run folder: hydra.run.dir,
+#: or hydra.sweep.dir in a sweep)
+WRITTEN_FOLDERS = ("paths.cache_dir", "paths.split_dir")
+
+
+def _unwritable_folder(cfg: DictConfig, multirun: bool) -> str | None:
+    """``<key>=<path> cannot be written: <why>`` for the first folder of the job that cannot be."""
+    keys = ["hydra.sweep.dir" if multirun else "hydra.run.dir", *WRITTEN_FOLDERS]
+    for key in keys:
+        try:
+            value = OmegaConf.select(cfg, key, throw_on_resolution_failure=True)
+        except Exception:
+            continue  # resolved later by Hydra or the job (e.g. ${hydra:...}); not ours to judge here
+        if not value:
+            continue
+        path = Path(str(value)).expanduser().absolute()
+        problem = _unwritable(path)
+        if problem is not None:
+            return f"{key}={value} cannot be written: {problem}; expected a folder this user can create"
+    return None
+
+
+def _explain_composition(single: list[str], multirun: bool = False) -> str | None:
     from hydra.errors import ConfigCompositionException, MissingConfigException
 
     try:
-        _compose(single)
+        cfg = _compose(single)
     except MissingConfigException as err:
         missing = str(err.missing_cfg_file or "")
         group, _, option = missing.rpartition("/")
@@ -145,7 +188,7 @@ def _explain_composition(single: list[str]) -> str | None:
         return _missing_key_message(str(err), single) or text
     except Exception:
         return None
-    return None
+    return _unwritable_folder(cfg, multirun)
 
 
 def check_command_line(argv: Sequence[str]) -> None:
@@ -154,7 +197,8 @@ def check_command_line(argv: Sequence[str]) -> None:
         return
     if any(arg.startswith("-") and arg not in _PASS_FLAGS for arg in argv):
         return  # other Hydra flags: --cfg, --info, -cn, ... are Hydra's business
-    message = explain([arg for arg in argv if arg not in _PASS_FLAGS])
+    multirun = any(arg in ("-m", "--multirun") for arg in argv)
+    message = explain([arg for arg in argv if arg not in _PASS_FLAGS], multirun)
     if message is not None:
         print(f"error: {message}", file=sys.stderr, flush=True)
         raise SystemExit(2)

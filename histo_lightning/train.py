@@ -32,7 +32,12 @@ from pytorch_lightning.loggers import WandbLogger
 
 from histo_lightning.errors import ConfigError, HistoError
 from histo_lightning.utils.environment import machine_info
-from histo_lightning.utils.failures import log_traceback_to_files, one_line, write_failure
+from histo_lightning.utils.failures import (
+    log_traceback_to_files,
+    one_line,
+    unwrap_user_error,
+    write_failure,
+)
 from histo_lightning.utils.instantiate import build
 from histo_lightning.utils.io import write_json_atomic, write_text_atomic
 from histo_lightning.utils.logging import get_logger
@@ -244,7 +249,7 @@ def run(cfg: DictConfig) -> float | None:
         metrics = resolve_task(cfg.get("task"))(cfg)
         return optimized_value(cfg, metrics)
     except Exception as err:
-        return _job_failed(cfg, err)
+        return _job_failed(cfg, unwrap_user_error(err))
     finally:
         if "wandb" in sys.modules:
             import wandb

@@ -4,6 +4,11 @@ Each bad input must give exactly one ``error: ...`` line that names the file or 
 expected, a non-zero exit (2), no traceback, and no half-written run folder: a run that failed before
 it started leaves no folder, one that failed later leaves its folder marked by ``failed.json`` (and no
 ``metrics.json``). An empty mitosis CSV is good input (zero mitoses) and must run.
+
+Checks that need no data run in-process too (cheap, in the fast suite): every method choice and stage
+reference of a composed config (:func:`histo_lightning.utils.choices.check_config`, which the stage
+runner calls before any data is read) and the folders ``run.py`` checks before Hydra starts
+(:func:`histo_lightning.cli.explain`).
 """
 
 from __future__ import annotations
@@ -19,13 +24,16 @@ import pytest
 import torch
 from PIL import Image
 
+from histo_lightning.cli import explain
 from histo_lightning.data.synthetic.breakhis import (
     SyntheticBreakHisConfig,
     ensure_synthetic_breakhis,
 )
 from histo_lightning.data.synthetic.paip import SyntheticPaipConfig, ensure_synthetic_paip
 from histo_lightning.data.synthetic.tupac16 import SyntheticTupacConfig, ensure_synthetic_tupac16
-from histo_lightning.utils.failures import FAILED_FILE
+from histo_lightning.errors import ConfigError
+from histo_lightning.utils.failures import FAILED_FILE, unwrap_user_error
+from tests.bach.conftest import SMALL_RAKHLIN, write_small_bach
 from tests.conftest import run_cli
 
 QUIET = ["callbacks.rich_progress_bar=null", "callbacks.model_summary=null"]
@@ -51,6 +59,10 @@ PAIP = [
 ]
 
 
+MIL_HNM = ["experiment=mil_hnm", "dataset=colon_synthetic", *SMOKE]
+RAKHLIN = [*SMALL_RAKHLIN, "callbacks=none"]
+
+
 @dataclass
 class Trees:
     """Tiny synthetic datasets in their real layouts (generated once per session) and a scratch folder."""
@@ -58,6 +70,7 @@ class Trees:
     breakhis: Path
     tupac: Path
     paip: Path
+    bach: Path
     tmp: Path
 
     def copy(self, name: str) -> Path:
@@ -78,6 +91,7 @@ def synthetic_trees(data_dir: Path) -> dict[str, Path]:
             data_dir, SyntheticTupacConfig.from_preset("tiny"), progress=False
         ),
         "paip": ensure_synthetic_paip(data_dir, paip, progress=False),
+        "bach": write_small_bach(data_dir / "small_bach"),
     }
 
 
@@ -222,6 +236,50 @@ def batch_of_one_with_batchnorm(trees: Trees) -> tuple[list, list]:
     ]
 
 
+def _bach_without_csv(trees: Trees) -> tuple[Path, Path]:
+    root = trees.copy("bach")
+    photos = root / "ICIAR2018_BACH_Challenge" / "Photos"
+    (photos / "microscopy_ground_truth.csv").unlink()  # nothing to compare the folders with
+    return root, photos
+
+
+def bach_empty_class_folder(trees: Trees) -> tuple[list, list]:
+    root, photos = _bach_without_csv(trees)
+    for image in (photos / "InSitu").iterdir():
+        image.unlink()
+    return [*RAKHLIN, f"dataset.root={root}"], [
+        f"class folder {photos / 'InSitu'}/ holds no .tif images",
+        "never leaves a class out",
+    ]
+
+
+def bach_image_of_another_size(trees: Trees) -> tuple[list, list]:
+    root, photos = _bach_without_csv(trees)
+    image = photos / "Benign" / "b002.tif"
+    pixels = np.asarray(Image.open(image))
+    Image.fromarray(pixels[:100, :150]).save(image)
+    return [*RAKHLIN, f"dataset.root={root}"], [
+        f"{image}: 150x100 pixels, expected 160x120 like the other"
+    ]
+
+
+def repeat_zero(trees: Trees) -> tuple[list, list]:
+    return [*MIL_HNM, "repeat=0"], ["repeat=0: expected a positive integer"]
+
+
+def unwritable_run_dir(trees: Trees) -> tuple[list, list]:
+    blocker = trees.tmp / "a_file"
+    blocker.write_text("not a folder")
+    return [*BREAKHIS, f"hydra.run.dir={blocker}/run"], [
+        f"hydra.run.dir={blocker}/run cannot be written: {blocker} is a file, not a folder"
+    ]
+
+
+def misspelt_method(trees: Trees) -> tuple[list, list]:
+    # refused before any stage runs (it used to fail after stage 1 trained and mined)
+    return [*MIL_HNM, "hnm.method=XB"], ["hnm.method='XB': expected one of SB, MB, FMB"]
+
+
 CATALOGUE = [
     missing_root,
     wrong_layout,
@@ -240,6 +298,11 @@ CATALOGUE = [
     missing_checkpoint,
     checkpoint_that_needs_pickle,
     batch_of_one_with_batchnorm,
+    bach_empty_class_folder,
+    bach_image_of_another_size,
+    repeat_zero,
+    unwritable_run_dir,
+    misspelt_method,
 ]
 
 
@@ -299,3 +362,156 @@ def test_an_empty_mitosis_csv_is_zero_mitoses(trees: Trees) -> None:
     assert out.returncode == 0 and not out.error_lines, out.stderr[-3000:]
     run = out.logs / "chsnet" / "runs" / "empty_csv"
     assert (run / "metrics.json").is_file() and not (run / FAILED_FILE).exists()
+
+
+# ---- checks that need no data, in-process -------------------------------------------------------------
+MIL = ["experiment=mil_hnm", "dataset=colon_synthetic"]
+#: (overrides, the error line): every declared method choice, stage reference and job key
+CONFIG_CASES = {
+    "hnm_method": ([*MIL, "hnm.method=XB"], "hnm.method='XB': expected one of SB, MB, FMB"),
+    "hnm_allocation": (
+        [*MIL, "hnm.allocation=stratified"],
+        "hnm.allocation='stratified': expected one of proportional, multinomial",
+    ),
+    "hnm_n_bags": (
+        [*MIL, "hnm.n_bags=0"],
+        "hnm.n_bags=0: expected a number of bags (at least 1) or 'false_positives'",
+    ),
+    "hnm_init_from": (
+        [*MIL, "hnm.init_from=stage1"],
+        "hnm.init_from='stage1': expected an earlier enabled fit stage of this pipeline (stage "
+        "'retrain'), one of ['train']",
+    ),
+    "hnm_clusters": (
+        [*MIL, "hnm.clusters=abc"],
+        "hnm.clusters='abc': expected an integer of at least 1",
+    ),
+    "mining_threshold": (
+        ["experiment=chsnet_demo", "model.mining.threshold=2"],
+        "model.mining.threshold=2: expected a probability in [0, 1]",
+    ),
+    "mil_pooling": (
+        [*MIL, "model.net.pooling=attention"],
+        "model.net.pooling='attention': expected one of tanh, gated, softsign, mean, max",
+    ),
+    "mil_encoder": (
+        ["experiment=mil_ilse", "dataset.protocol.encoder.name=ilse"],
+        "dataset.protocol.encoder.name='ilse': expected one of ilse_cnn, lenet, timm, identity",
+    ),
+    "monitor_mode": (
+        ["experiment=mil_ilse", "model.monitor_mode=lowest"],
+        "model.monitor_mode='lowest': expected one of max, min",
+    ),
+    "encoder_take": (
+        [*MIL, "encoder.take=last"],
+        "encoder.take='last': expected one of pooled, stages, cls_mean",
+    ),
+    "detection_match_rule": (
+        ["experiment=chsnet_demo", "model.detection.match_rule=nearest"],
+        "model.detection.match_rule='nearest': expected one of one_to_one, amida13",
+    ),
+    "chsnet_input_views": (
+        ["experiment=chsnet_demo", "model.net.input_views=both"],
+        "model.net.input_views='both': expected one of stack, siamese",
+    ),
+    "carcinoma_rule": (
+        ["experiment=rakhlin_demo", "rakhlin.carcinoma_rule=mean"],
+        "rakhlin.carcinoma_rule='mean': expected one of max, sum",
+    ),
+    "contrastive_form": (
+        ["experiment=smse_breakhis_pair", "embedding_loss.form=cosine"],
+        "embedding_loss.form='cosine': expected one of paper, hadsell",
+    ),
+    "dataset_mismatch": (
+        ["experiment=mil_hnm", "dataset=bach_synthetic"],
+        "split.n_folds: it refers to dataset.protocol.n_folds, which is not in the composed config "
+        "(dataset=bach_synthetic has no such key); expected config groups that fit together (e.g. a "
+        "dataset this experiment supports)",
+    ),
+    "batch_size": (
+        ["experiment=breakhis_baseline", "dataset.batch_size=0"],
+        "dataset.batch_size=0: expected an integer of at least 1",
+    ),
+    "num_workers": (
+        ["experiment=breakhis_baseline", "dataset.num_workers=-1"],
+        "dataset.num_workers=-1: expected an integer of at least 0",
+    ),
+    "seed": (
+        ["experiment=breakhis_baseline", "seed=abc"],
+        "seed='abc': expected an integer (or null: no seeding)",
+    ),
+    "repeat": (
+        ["experiment=chsnet_demo", "repeat=0"],
+        "repeat=0: expected a positive integer (the repetition of the protocol, 1 = the first)",
+    ),
+    "fold": (
+        ["experiment=breakhis_baseline", "fold=0"],
+        "fold=0: expected a positive integer (the test fold, 1-based)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CONFIG_CASES))
+def test_every_method_choice_is_checked_before_any_stage_runs(case: str, make_cfg) -> None:
+    from histo_lightning.pipelines.runner import PipelineRunner
+
+    overrides, message = CONFIG_CASES[case]
+    runner = PipelineRunner(make_cfg(overrides))
+    with pytest.raises(ConfigError) as caught:
+        runner.check()  # what run.py does before reading any data
+    assert str(caught.value) == message
+    assert runner.datamodule is None and not runner.results  # nothing was read or run
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_a_gpu_trainer_without_a_gpu_is_refused_up_front(make_cfg) -> None:
+    from histo_lightning.pipelines.runner import PipelineRunner
+
+    with pytest.raises(ConfigError, match=r"^trainer.accelerator=gpu: no GPU is visible"):
+        PipelineRunner(make_cfg(["experiment=breakhis_baseline", "trainer=gpu"])).check()
+
+
+def test_the_defaults_and_other_spellings_pass(make_cfg) -> None:
+    from histo_lightning.pipelines.runner import PipelineRunner
+
+    for overrides in (
+        MIL,
+        [*MIL, "hnm.method=fmb", "hnm.n_bags=4", "hnm.init_from=train", "repeat=5"],
+        ["experiment=chsnet_demo"],
+        ["experiment=rakhlin_demo"],
+        ["experiment=smse_breakhis_pair"],
+        # a test stage may name a disabled fit (it then evaluates ckpt_path)
+        ["experiment=breakhis_baseline", "train=false"],
+    ):
+        PipelineRunner(make_cfg(overrides)).check()
+
+
+def test_unwritable_folders_are_named_before_hydra_starts(tmp_path: Path) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    assert explain(["experiment=breakhis_baseline", f"hydra.run.dir={blocker}/run"]) == (
+        f"hydra.run.dir={blocker}/run cannot be written: {blocker} is a file, not a folder; "
+        "expected a folder this user can create"
+    )
+    sweep = explain(["experiment=breakhis_baseline", f"paths.log_dir={blocker}/logs"], True)
+    assert sweep is not None and sweep.startswith(f"hydra.sweep.dir={blocker}/logs/")
+    cache = explain(["experiment=breakhis_baseline", f"paths.data_dir={blocker}"])
+    assert cache == (
+        f"paths.cache_dir={blocker}/cache cannot be written: {blocker} is a file, not a folder; "
+        "expected a folder this user can create"
+    )
+    assert explain(["experiment=breakhis_baseline", f"paths.log_dir={tmp_path}/logs"]) is None
+    assert [p.name for p in tmp_path.iterdir()] == ["a_file"]  # the write check leaves nothing
+
+
+def test_a_user_error_raised_in_a_resolver_is_reported_as_itself() -> None:
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create({"repeat": 0, "seed": "${hl.repeat_seed:42,${repeat}}"})
+    with pytest.raises(Exception) as caught:
+        _ = cfg.seed
+    assert not isinstance(caught.value, ConfigError)  # OmegaConf wraps it
+    unwrapped = unwrap_user_error(caught.value)
+    assert isinstance(unwrapped, ConfigError) and str(unwrapped).startswith("repeat=0 must be")
+    other = ValueError("not a user error")
+    assert unwrap_user_error(other) is other

@@ -32,12 +32,15 @@ def test_a_plain_checkpoint_loads(tmp_path: Path) -> None:
         ({"state_dict": {}, "opt": functools.partial(print)}, "needs pickle to load"),
         ([1, 2, 3], "holds a list, expected a checkpoint dict"),
         ({"weights": torch.ones(1)}, "has no 'state_dict'"),
+        ("folder", "is a folder (expected a Lightning .ckpt file)"),
     ],
-    ids=["missing", "garbage", "pickle", "not_a_dict", "no_state_dict"],
+    ids=["missing", "garbage", "pickle", "not_a_dict", "no_state_dict", "folder"],
 )
 def test_bad_checkpoints_are_one_line_naming_the_file(tmp_path: Path, content, message) -> None:
     path = tmp_path / "bad.ckpt"
-    if isinstance(content, bytes):
+    if content == "folder":
+        path.mkdir()
+    elif isinstance(content, bytes):
         path.write_bytes(content)
     elif content is not None:
         torch.save(content, path)

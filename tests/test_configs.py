@@ -140,3 +140,64 @@ def test_fold_and_paths_defaults() -> None:
     assert cfg.fold == 1 and isinstance(cfg.fold, int)
     root = Path(__file__).resolve().parents[1]
     assert cfg.paths.root_dir == str(root) and cfg.paths.data_dir == str(root / "data")
+    # the papers' published splits ship inside the package: nothing beside the repository is read
+    assert cfg.paths.resources_dir == str(root / "histo_lightning" / "resources")
+    bach = _compose(["experiment=rakhlin", "split=official"])
+    assert Path(bach.dataset.official_folds).is_file()
+    assert Path(bach.dataset.official_folds).is_relative_to(root / "histo_lightning" / "resources")
+
+
+def _fold_repeat_pairs(jobs: list[list[str]]) -> list[tuple[int, int]]:
+    pairs = []
+    for job in jobs:
+        values = dict(o.split("=", 1) for o in job)
+        pairs.append((int(values["fold"]), int(values.get("repeat", 1))))
+    return pairs
+
+
+@pytest.mark.parametrize(
+    ("overrides", "folds", "repetitions"),
+    [
+        (
+            ["experiment=mil_hnm", "dataset=colon"],
+            10,
+            5,
+        ),  # Li et al. §4.0.2: 10-fold CV, 5 repetitions
+        (["experiment=mil_ilse", "dataset=ucsb"], 4, 5),  # 4-fold CV, 5 repetitions
+        (["experiment=mil_aw", "dataset=colon_synthetic"], 10, 5),
+        (["experiment=mil_ilse", "dataset=digits_bags"], 1, 5),  # no folds: repetitions only
+        (["experiment=rakhlin"], 10, 1),  # 10 folds; the 5 LightGBM seeds run inside each job
+        (["experiment=rakhlin_demo", "split=official"], 10, 1),
+        (["experiment=chsnet"], 5, 1),  # CHS-Net §4.1: 5-fold cross-validation
+        (["experiment=chsnet_single_demo"], 5, 1),
+        (["experiment=smse_breakhis"], 5, 1),  # BreakHis' five folds
+        (["experiment=smse_paip_resnet_ce"], 1, 1),  # PAIP: one holdout split
+    ],
+)
+def test_each_paper_protocol_sweeps_its_folds_and_repetitions(
+    overrides: list[str], folds: int, repetitions: int
+) -> None:
+    from itertools import product
+
+    from histo_lightning.utils.protocol import sweep_jobs
+
+    jobs = sweep_jobs(overrides)
+    expected = list(product(range(1, folds + 1), range(1, repetitions + 1)))
+    assert sorted(_fold_repeat_pairs(jobs)) == expected
+    assert all(set(overrides) <= set(job) for job in jobs)
+
+
+def test_the_command_line_replaces_the_protocol_lists() -> None:
+    from histo_lightning.utils.protocol import sweep_jobs
+
+    colon = ["experiment=mil_hnm", "dataset=colon"]
+    assert _fold_repeat_pairs(sweep_jobs([*colon, "fold=3"])) == [(3, r) for r in range(1, 6)]
+    assert _fold_repeat_pairs(sweep_jobs([*colon, "fold=3", "repeat=2"])) == [(3, 2)]
+    assert len(sweep_jobs([*colon, "repeat=1,2"])) == 20
+    # dataset.protocol.repetitions is what the sweep reads
+    assert len(sweep_jobs([*colon, "dataset.protocol.repetitions=2"])) == 20
+    # an Optuna search pins the fold instead of optimising over it
+    cfg = _compose(
+        ["experiment=breakhis_baseline", "hparams_search=breakhis_optuna", "fold=2"], True
+    )
+    assert str(cfg.hydra.sweeper.params.fold) == "2"

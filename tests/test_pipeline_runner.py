@@ -286,7 +286,12 @@ def test_without_validation_the_last_checkpoint_is_used(toy_cfg) -> None:
 def test_a_stage_refers_only_to_earlier_stages(toy_cfg) -> None:
     pipeline = copy.deepcopy(TOY_PIPELINE)
     pipeline["stages"]["embed"]["from"] = "report"
-    with pytest.raises(ConfigError, match="refers to stage 'report', which has not run before it"):
+    # refused before any stage runs (histo_lightning.utils.choices.check_stage_references)
+    with pytest.raises(
+        ConfigError,
+        match=r"pipeline\.stages\.embed\.from='report': expected an earlier stage of this "
+        r"pipeline \(stage 'embed'\), one of \['fit'\]",
+    ):
         run_pipeline(toy_cfg(pipeline=pipeline))
 
 

@@ -33,6 +33,7 @@ from histo_lightning.data.feature_cache import FeatureCache
 from histo_lightning.mil.mining import mine_hard_negatives
 from histo_lightning.reporting.mil_plots import gallery_figure
 from histo_lightning.reporting.plots import log_image, save_figure
+from histo_lightning.utils.choices import NUMBER, PROBABILITY, declare_choices
 from histo_lightning.utils.io import atomic_path, write_json_atomic, write_text_atomic
 from histo_lightning.utils.logging import get_logger
 
@@ -55,6 +56,7 @@ def bag_outputs(
     return manifest, scores[:, 0], attention, members
 
 
+@declare_choices(k=NUMBER, threshold=PROBABILITY)
 class HardNegativeMining(pl.Callback):
     """Eq. 3 over the training bags (see the module docstring).
 

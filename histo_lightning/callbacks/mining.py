@@ -24,6 +24,7 @@ import pytorch_lightning as pl
 
 from histo_lightning.data.feature_cache import FeatureCache
 from histo_lightning.metrics.detection import detection_scores
+from histo_lightning.utils.choices import PROBABILITY, declare_choices
 from histo_lightning.utils.io import atomic_path, write_json_atomic, write_text_atomic
 from histo_lightning.utils.logging import get_logger
 
@@ -81,6 +82,7 @@ def report_markdown(report: dict[str, Any], synthetic: bool = False) -> str:
     )
 
 
+@declare_choices(threshold=PROBABILITY)
 class HardExampleMining(pl.Callback):
     """Keeps the training negatives whose p(mitosis) exceeds ``threshold`` (see the module docstring).
 

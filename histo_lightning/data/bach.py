@@ -1,6 +1,6 @@
 """BACH (ICIAR 2018 Grand Challenge on Breast Cancer Histology), microscopy images: reader and folds.
 
-Layout (``shared/datasets.md``)::
+Layout (the team's ``shared/datasets.md``)::
 
     ICIAR2018_BACH_Challenge/Photos/{Normal,Benign,InSitu,Invasive}/{n,b,is,iv}NNN.tif   400 labelled
     ICIAR2018_BACH_Challenge/Photos/microscopy_ground_truth.csv   optional: "b001.tif,Benign", no header
@@ -40,10 +40,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from histo_lightning.data.base import BaseDataModule, digest
-from histo_lightning.data.image_store import MemmapImageCache, Rescale
+from histo_lightning.data.image_store import MemmapImageCache, Rescale, inspect_image
 from histo_lightning.data.splits import SplitSpec, check_fold, load_or_create_split
 from histo_lightning.data.stain import MacenkoNormalizer, build_normalizer
-from histo_lightning.errors import ConfigError, DatasetLayoutError
+from histo_lightning.errors import ConfigError, CorruptImageError, DatasetLayoutError
 from histo_lightning.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -210,7 +210,44 @@ def _scan_labelled(root: Path, photos: Path) -> pd.DataFrame:
                     "path": str(path),
                 }
             )
-    return _manifest(rows)
+    frame = _manifest(rows)
+    empty = [name for name in CLASS_NAMES if not (frame["class_name"] == name).any()]
+    if empty:
+        folder = _child(photos, empty[0])
+        raise DatasetLayoutError(
+            f"class folder {folder}/ holds no .tif images; expected images in every class folder "
+            f"({', '.join(CLASS_NAMES)}): a run never leaves a class out"
+            + (f" (also empty: {', '.join(empty[1:])})" if len(empty) > 1 else "")
+        )
+    return frame
+
+
+def check_one_size(images: pd.DataFrame) -> None:
+    """Every image (labelled and unlabelled) has the size of the others (BACH: 2048×1536).
+
+    The half-scale cache, the crop sizes and the fields of view assume one size; an image of another
+    size stops the run with one line naming it and the size the others have. Only headers are read;
+    an unreadable file is left to the image cache's ``dataset.on_corrupt`` policy.
+    """
+    sizes: dict[str, tuple[int, int]] = {}
+    for path in images["path"]:
+        try:
+            info = inspect_image(path)
+        except CorruptImageError:
+            continue
+        sizes[str(path)] = (info.width, info.height)
+    if not sizes:
+        return
+    counts = pd.Series(list(sizes.values())).value_counts()
+    width, height = counts.index[0]
+    odd = [(p, size) for p, size in sizes.items() if size != (width, height)]
+    if odd:
+        path, (w, h) = odd[0]
+        raise DatasetLayoutError(
+            f"{path}: {w}x{h} pixels, expected {width}x{height} like the other "
+            f"{int(counts.iloc[0])} BACH images (every image has one size)"
+            + (f"; {len(odd) - 1} more image(s) differ" if len(odd) > 1 else "")
+        )
 
 
 def _check_against_ground_truth(labelled: pd.DataFrame, csv: Path) -> None:
@@ -350,7 +387,7 @@ def _read_json(path: Path) -> object:
 def read_official_folds(path: str | Path, labelled: pd.DataFrame) -> pd.DataFrame:
     """A BACH fold file as ``fold, patient, subset`` rows over the images of ``labelled``.
 
-    Two formats are read (``shared/splits/``):
+    Two formats are read (both shipped in ``histo_lightning/resources/splits/``):
 
     * the authors' ten folds, a list of ``{"test": [file names], "test_y": [labels 0–3]}``: fold k's test
       set is its 40 images, its training set every other image; the folds must partition the images and
@@ -364,8 +401,8 @@ def read_official_folds(path: str | Path, labelled: pd.DataFrame) -> pd.DataFram
     path = Path(path)
     if not path.is_file():
         raise ConfigError(
-            f"the BACH fold file {path} (dataset.official_folds) does not exist; it ships in the "
-            f"shared folder beside the repository (paths.shared_dir)"
+            f"the BACH fold file {path} (dataset.official_folds) does not exist; expected a fold file "
+            f"such as the packaged ${{paths.resources_dir}}/splits/bach_rakhlin_folds10.json"
         )
     data = _read_json(path)
     label_of = dict(zip(labelled["patient"], labelled["label"]))
@@ -517,7 +554,8 @@ class BachDataModule(BaseDataModule):
             images with ``split.n_folds=10``; ``official``: the fold file ``official_folds``).
         preprocess: :data:`PREPROCESS_DEFAULTS` fields (half scale, bicubic, then Macenko).
         official_folds: the fold file of ``split=official`` (the authors' ``bach_rakhlin_folds10.json``
-            or the patient-aware ``bach_patient_split.json``, in ``paths.shared_dir``/splits).
+            or the patient-aware ``bach_patient_split.json``, shipped in :mod:`histo_lightning.resources`
+            under ``splits/``).
         include_unlabelled: also cache and serve the unlabelled test images (the submission).
         **kwargs: :class:`~histo_lightning.data.base.BaseDataModule` arguments (``root`` = the folder
             holding ``ICIAR2018_BACH_Challenge/``, or ``synthetic`` for ``dataset=bach_synthetic``).
@@ -563,6 +601,7 @@ class BachDataModule(BaseDataModule):
         if self.include_unlabelled and len(found.test):
             frames.append(found.test.assign(subset="unlabelled"))
         images = pd.concat(frames, ignore_index=True)
+        check_one_size(images)
         paths = [Path(p) for p in images["path"]]
         cache = MemmapImageCache.build_or_open(
             paths,
@@ -698,6 +737,7 @@ __all__ = [
     "BachImages",
     "bach_preprocess",
     "bach_split",
+    "check_one_size",
     "image_key",
     "preprocess_from_settings",
     "read_ground_truth",

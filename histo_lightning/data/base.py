@@ -54,6 +54,7 @@ from histo_lightning.data.transforms import EpochSeededLoader, seed_transforms, 
 from histo_lightning.errors import ConfigError, CorruptImageError
 from histo_lightning.stores.keys import digest, frame_digest
 from histo_lightning.utils.batchnorm import lone_last_batch
+from histo_lightning.utils.choices import COUNT, Accepts, declare_choices, is_count
 from histo_lightning.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -126,6 +127,15 @@ def transform_description(transform: Any) -> Any:
         return repr(transform)
 
 
+@declare_choices(
+    batch_size=COUNT,
+    eval_batch_size=Accepts(
+        "an integer of at least 1, or null (the batch size)", lambda v: v is None or is_count(v)
+    ),
+    num_workers=Accepts("an integer of at least 0", lambda v: v == 0 or is_count(v)),
+    prepare_workers=COUNT,
+    on_corrupt=ON_CORRUPT,
+)
 class BaseDataModule(pl.LightningDataModule):
     """Root, split file, corrupt-file policy, loaders and fingerprint of every data module (module doc).
 

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from histo_lightning.errors import ConfigError
+from histo_lightning.utils.choices import declare_choices
 
 CONTRASTIVE_FORMS = ("paper", "hadsell")
 
@@ -23,6 +24,7 @@ def squared_distance(a: Tensor, b: Tensor) -> Tensor:
     return (a - b).pow(2).sum(dim=-1)
 
 
+@declare_choices(form=CONTRASTIVE_FORMS)
 class ContrastiveLoss(nn.Module):
     """The pair loss L_p of SMSE Eq. (2), averaged over pairs.
 

@@ -36,6 +36,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import Tensor, nn
 from torchmetrics import MeanMetric, Metric
 
+from histo_lightning.utils.choices import declare_choices
+
 Batch = dict[str, Tensor]
 MetricSuite = Any  # update(probs, target, patient, group), compute() -> dict, reset()
 
@@ -66,6 +68,7 @@ def plain(value: Any, name: str) -> Any:
     )
 
 
+@declare_choices(monitor_mode=MONITOR_MODES)
 class SupervisedModule(pl.LightningModule):
     """Trains ``net`` with ``loss`` and evaluates it with the ``metrics`` suite (see the module docstring).
 

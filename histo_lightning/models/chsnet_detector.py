@@ -52,6 +52,7 @@ from torchvision.ops import nms
 
 from histo_lightning.metrics.detection import MATCH_RULES, DetectionF1, match_detections
 from histo_lightning.nets.chsnet import PATCH_SIZE, VIEW_SIZE, to_float
+from histo_lightning.utils.choices import declare_choices
 
 CURVE_THRESHOLDS = np.round(np.arange(0.05, 1.0, 0.01), 2)
 
@@ -140,6 +141,7 @@ def nms_points(points: Tensor, scores: Tensor, box: float, iou: float) -> Tensor
     return nms(boxes, scores.float(), iou)
 
 
+@declare_choices(match_rule=MATCH_RULES)
 class ChsnetCascadeDetector(pl.LightningModule):
     """CHS-Net's detector: mitoses on whole HPFs with the trained networks (see the module docstring).
 

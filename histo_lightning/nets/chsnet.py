@@ -45,6 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from histo_lightning.utils.choices import declare_choices
+
 # Table 1: (bottleneck width, output width, blocks, stride) of conv2_x ... conv6_x
 TABLE1_STAGES: tuple[tuple[int, int, int, int], ...] = (
     (32, 128, 3, 1),
@@ -163,6 +165,7 @@ class CHSNetExtractor(nn.Module):
         return torch.cat(pooled, dim=1)
 
 
+@declare_choices(input_views=INPUT_VIEWS)
 class CHSNet(nn.Module):
     """Screening / refined network of CHS-Net: Table 1 extractor + multi-level feature fusion (§3.1.3).
 

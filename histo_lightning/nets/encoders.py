@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from histo_lightning.errors import ConfigError
 from histo_lightning.nets.weights import load_matching_weights, state_dict_digest
+from histo_lightning.utils.choices import declare_choices
 
 TAKE_MODES = ("pooled", "stages", "cls_mean")
 PRECISIONS = ("bf16", "fp32")
@@ -204,6 +205,7 @@ def _create(name: str, weights: str, take: str, model_kwargs: dict[str, Any]) ->
         ) from None
 
 
+@declare_choices(take=TAKE_MODES, precision=PRECISIONS)
 def build_encoder(
     name: str,
     weights: str = "random",

@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from histo_lightning.utils.choices import declare_choices
+
 ATTENTION_KINDS = ("tanh", "gated", "softsign")
 POOLINGS = (*ATTENTION_KINDS, "mean", "max")
 
@@ -362,6 +364,7 @@ def build_instance_encoder(spec: Mapping[str, Any] | nn.Module) -> nn.Module:
         raise ValueError(f"model.net.encoder ({name}): {err}") from None
 
 
+@declare_choices(pooling=POOLINGS, **{"encoder.name": tuple(ENCODERS)})
 def build_mil_classifier(
     encoder: Mapping[str, Any] | nn.Module,
     pooling: str = "tanh",

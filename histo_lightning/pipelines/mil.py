@@ -37,6 +37,7 @@ from histo_lightning.mil.bag_generation import (
     random_bags,
     single_bag,
 )
+from histo_lightning.utils.choices import COUNT, Accepts, OneOf, declare_choices
 from histo_lightning.utils.io import atomic_path, read_json, write_json_atomic
 from histo_lightning.utils.logging import get_logger
 
@@ -75,6 +76,18 @@ def resolve_n_bags(n_bags: int | str, false_positive_bags: int) -> int:
     return value
 
 
+def _is_n_bags(value: Any) -> bool:
+    return value == "false_positives" or (
+        not isinstance(value, bool) and int(value) == value and int(value) >= 1
+    )
+
+
+@declare_choices(
+    method=OneOf(METHODS, ignore_case=True),
+    allocation=ALLOCATIONS,
+    n_bags=Accepts("a number of bags (at least 1) or 'false_positives'", _is_n_bags),
+    clusters=COUNT,
+)
 def generate_bags(
     ctx: Any,
     method: str = "FMB",

@@ -43,7 +43,7 @@ from histo_lightning.data.bach import CLASS_NAMES
 from histo_lightning.data.feature_cache import FeatureCache
 from histo_lightning.data.multicrop import ViewSettings
 from histo_lightning.errors import ConfigError
-from histo_lightning.metrics.bach import SETPOINTS, four_class_accuracy
+from histo_lightning.metrics.bach import CARCINOMA_RULES, SETPOINTS, four_class_accuracy
 from histo_lightning.reporting.bach import (
     CONFUSION_FILE,
     ROC_FILE,
@@ -52,6 +52,7 @@ from histo_lightning.reporting.bach import (
     write_submission,
 )
 from histo_lightning.reporting.plots import log_image
+from histo_lightning.utils.choices import declare_choices
 from histo_lightning.utils.io import atomic_path
 from histo_lightning.utils.logging import get_logger
 
@@ -246,6 +247,7 @@ def metric_names(metrics: Mapping[str, float]) -> dict[str, float]:
     return out
 
 
+@declare_choices(rule=CARCINOMA_RULES)
 def report(
     ctx: Any,
     lightgbm: str = "lightgbm",

@@ -340,7 +340,9 @@ class PipelineRunner:
         return order
 
     def check(self) -> None:
-        """Stage kinds exist, and the method's own config checks (``pipeline.checks``) pass.
+        """Stage kinds exist, every fixed-choice key and stage reference is valid
+        (:func:`~histo_lightning.utils.choices.check_config`), and the method's own config checks
+        (``pipeline.checks``) pass.
 
         ``pipeline.checks`` is a list of ``{fn: package.module.function, ...kwargs}`` called as
         ``fn(cfg, **kwargs)`` before anything runs; they raise a ConfigError naming the key that is wrong.
@@ -360,6 +362,9 @@ class PipelineRunner:
                     f"pipeline.stages.{name}.setup: stage hooks are now declared as data: [...] and "
                     "act on the stage's own view of the data module (rename the key)"
                 )
+        from histo_lightning.utils.choices import check_config
+
+        check_config(self.cfg)  # every method choice and stage reference, before anything runs
         if self.cfg.get("ckpt_path"):
             from histo_lightning.utils.checkpoints import check_checkpoint
 

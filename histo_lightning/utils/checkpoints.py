@@ -39,6 +39,8 @@ def load_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict[str, Any]:
         ConfigError: the file does not exist, is not a PyTorch checkpoint, or needs pickle to load.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{key}={path} is a folder (expected a Lightning .ckpt file)")
     if not path.is_file():
         raise ConfigError(f"{key}={path} does not exist (expected a Lightning .ckpt file)")
     try:

@@ -86,6 +86,24 @@ def read_failures(sweep_dir: str | Path) -> dict[str, dict[str, Any]]:
     return failures
 
 
+def unwrap_user_error(err: BaseException) -> BaseException:
+    """The user error behind ``err`` when a config resolver raised it: OmegaConf wraps an exception
+    raised while resolving an interpolation (``${hl.repeat_seed:...}`` with ``repeat=0``) in its own
+    ``InterpolationResolutionError``, whose message and traceback are not the user's business."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    if not isinstance(err, OmegaConfBaseException):
+        return err
+    cause: BaseException | None = err
+    for _ in range(8):
+        cause = cause.__cause__ or cause.__context__ if cause is not None else None
+        if cause is None:
+            break
+        if _is_user_error(cause):
+            return cause
+    return err
+
+
 def _is_user_error(err: BaseException) -> bool:
     from histo_lightning.errors import HistoError
 
@@ -118,5 +136,6 @@ __all__ = [
     "log_traceback_to_files",
     "one_line",
     "read_failures",
+    "unwrap_user_error",
     "write_failure",
 ]

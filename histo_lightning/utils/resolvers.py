@@ -2,14 +2,17 @@
 
 * ``${hl.root:}``: the repository root (the folder holding ``conf/`` and ``histo_lightning/``), so that
   default paths do not depend on the directory ``run.py`` is started from or on environment variables.
-* ``${hl.shared:}``: the team's shared folder (papers, dataset notes, the papers' published splits), which
-  lies beside the repository: ``<repository>/../shared``. In a git worktree that has none beside it, the
-  one beside the main checkout is used. ``paths.shared_dir`` overrides it.
+* ``${hl.resources:}``: the package's own data (:mod:`histo_lightning.resources`: the papers' published
+  splits), so that nothing beside the repository is read.
 * ``${hl.if:<condition>,<then>,<else>}``: ``then`` when the condition is true, else ``else`` (e.g. which
   stage's network a pipeline injects, by an ablation switch).
 * ``${hl.all:<a>,<b>,...}``: whether every argument is true (e.g. a stage enabled by two switches).
 * ``${hl.repeat_seed:<seed>,<repeat>}``: the seed of repetition ``repeat`` (1-based) of a protocol,
   ``seed + 1000 · (repeat − 1)`` (the MIL experiments reseed training with it, as their folds).
+* ``${hl.range:<n>}``: ``"1,2,…,n"``, a sweep over 1…n as Hydra's override grammar reads it: the
+  experiments declare their paper's protocol with it in ``hydra.sweeper.params`` (``fold:
+  ${hl.range:${dataset.protocol.n_folds}}``), so ``python run.py -m experiment=…`` runs every fold ×
+  repetition of the paper and ``fold=3`` on the command line still wins.
 """
 
 from __future__ import annotations
@@ -19,24 +22,9 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from histo_lightning.resources import RESOURCES_DIR
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-
-
-def shared_dir(project_root: Path = PROJECT_ROOT) -> Path:
-    """``<project_root>/../shared``, or the one beside the main checkout of a git worktree."""
-    beside = project_root.parent / "shared"
-    if beside.is_dir():
-        return beside
-    git = project_root / ".git"
-    if git.is_file():  # a worktree: ".git" holds "gitdir: <main>/.git/worktrees/<name>"
-        text = git.read_text().strip()
-        if text.startswith("gitdir:"):
-            gitdir = Path(text.split(":", 1)[1].strip())
-            common = gitdir / "commondir"
-            main_git = (gitdir / common.read_text().strip()).resolve() if common.is_file() else None
-            if main_git is not None and (main_git.parent.parent / "shared").is_dir():
-                return main_git.parent.parent / "shared"
-    return beside
 
 
 def _if(condition: Any, then: Any, otherwise: Any = None) -> Any:
@@ -55,14 +43,22 @@ def _repeat_seed(seed: int, repeat: int) -> int:
     return repeat_seed(int(seed), int(repeat))
 
 
+def sweep_range(n: Any) -> str:
+    """``"1,2,…,n"`` (see the module docstring); ``n`` must be a positive integer."""
+    if isinstance(n, bool) or int(n) != n or int(n) < 1:
+        raise ValueError(f"hl.range: expected a positive number of folds or repetitions, got {n!r}")
+    return ",".join(str(i) for i in range(1, int(n) + 1))
+
+
 def register() -> None:
     OmegaConf.register_new_resolver("hl.root", lambda: str(PROJECT_ROOT), replace=True)
-    OmegaConf.register_new_resolver("hl.shared", lambda: str(shared_dir()), replace=True)
+    OmegaConf.register_new_resolver("hl.resources", lambda: str(RESOURCES_DIR), replace=True)
     OmegaConf.register_new_resolver("hl.if", _if, replace=True)
     OmegaConf.register_new_resolver(
         "hl.all", lambda *values: all(map(_truth, values)), replace=True
     )
     OmegaConf.register_new_resolver("hl.repeat_seed", _repeat_seed, replace=True)
+    OmegaConf.register_new_resolver("hl.range", sweep_range, replace=True)
 
 
 register()

@@ -12,11 +12,11 @@ import pytest
 from histo_lightning.data.bach import CLASS_NAMES, CLASS_PREFIXES, BachDataModule
 from histo_lightning.data.base import DataContract
 from histo_lightning.errors import ConfigError
-from histo_lightning.utils.resolvers import shared_dir
+from histo_lightning.resources import RESOURCES_DIR
 from tests.bach.conftest import write_small_bach
 from tests.conftest import run_cli
 
-SPLITS = shared_dir() / "splits"
+SPLITS = RESOURCES_DIR / "splits"
 
 
 def _module(root: Path, tmp_path: Path, fold: int = 1, **kwargs) -> BachDataModule:

@@ -6,12 +6,14 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pandas as pd
 import pytest
 
 from histo_lightning.data.bach import (
     CLASS_NAMES,
     CLASS_PREFIXES,
     GROUND_TRUTH_FILE,
+    check_one_size,
     scan_bach,
 )
 from histo_lightning.errors import ConfigError, DatasetLayoutError, HistoError
@@ -144,3 +146,30 @@ def test_missing_root(tmp_path: Path) -> None:
     with pytest.raises(DatasetLayoutError) as err:
         scan_bach(tmp_path)
     assert "holds no ICIAR2018_BACH_Challenge/" in _one_line(err)
+
+
+@pytest.mark.parametrize("csv", [False, True], ids=["no_csv", "csv"])
+def test_an_empty_class_folder_stops_the_run(tmp_path: Path, csv: bool) -> None:
+    # without a CSV to compare with, an empty class folder used to train on three classes and report a
+    # four-class result: a run never leaves a class out
+    root = write_tiny_bach(tmp_path, csv=csv)
+    insitu = root / "ICIAR2018_BACH_Challenge" / "Photos" / "InSitu"
+    for image in insitu.iterdir():
+        image.unlink()
+    with pytest.raises(DatasetLayoutError, match=rf"class folder {insitu}/ holds no \.tif images"):
+        scan_bach(root)
+
+
+def test_an_image_of_another_size_is_named_with_the_expected_size(tmp_path: Path) -> None:
+    root = write_tiny_bach(tmp_path, n_test=2)
+    found = scan_bach(root)
+    images = pd.concat([found.labelled, found.test], ignore_index=True)
+    check_one_size(images)  # 12 x 16 everywhere
+    odd = root / "ICIAR2018_BACH_Challenge" / "Photos" / "Benign" / "b002.tif"
+    assert cv2.imwrite(str(odd), np.zeros((15, 20, 3), np.uint8))
+    with pytest.raises(DatasetLayoutError) as caught:
+        check_one_size(images)
+    assert (
+        str(caught.value)
+        == f"{odd}: 20x15 pixels, expected 16x12 like the other 13 BACH images (every image has one size)"
+    )

@@ -1,4 +1,4 @@
-"""BACH folds: our stratified 10 folds, the authors' own folds and the patient-aware split (shared/splits)."""
+"""BACH folds: our stratified 10 folds, the authors' own folds and the patient-aware split (package data)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import pytest
 from histo_lightning.data.bach import CLASS_PREFIXES, bach_split, read_official_folds
 from histo_lightning.data.splits import SplitSpec, subsets_for_fold
 from histo_lightning.errors import ConfigError, DatasetLayoutError
-from histo_lightning.utils.resolvers import shared_dir
+from histo_lightning.resources import RESOURCES_DIR, resource
+from tests.shared_folder import SHARED_DIR, requires_shared
 
-SPLITS = shared_dir() / "splits"
-RAKHLIN_FOLDS = SPLITS / "bach_rakhlin_folds10.json"
-PATIENT_SPLIT = SPLITS / "bach_patient_split.json"
+RAKHLIN_FOLDS = resource("splits/bach_rakhlin_folds10.json")
+PATIENT_SPLIT = resource("splits/bach_patient_split.json")
 
 
 def _labelled(per_class: int = 100) -> pd.DataFrame:
@@ -28,9 +28,21 @@ def _labelled(per_class: int = 100) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def test_the_shared_split_files_are_found() -> None:
-    assert RAKHLIN_FOLDS.is_file(), f"expected the shared folder beside the repository: {SPLITS}"
-    assert PATIENT_SPLIT.is_file()
+def test_the_split_files_ship_in_the_package_with_their_sources() -> None:
+    assert RAKHLIN_FOLDS.parent == RESOURCES_DIR / "splits" and PATIENT_SPLIT.is_file()
+    sources = (RESOURCES_DIR / "splits" / "README.md").read_text()
+    for name in ("bach_rakhlin_folds10.json", "bach_patient_split.json"):
+        assert f"`{name}`" in sources  # each file has its row (what it is, where it comes from)
+    assert "github.com/alexander-rakhlin/ICIAR2018" in sources
+    with pytest.raises(FileNotFoundError, match="no such file in the package"):
+        resource("splits/missing.json")
+
+
+@requires_shared
+def test_the_packaged_splits_equal_the_shared_originals() -> None:
+    for packaged in (RAKHLIN_FOLDS, PATIENT_SPLIT):
+        original = SHARED_DIR / "splits" / packaged.name
+        assert packaged.read_bytes() == original.read_bytes(), packaged.name
 
 
 def test_auto_is_ten_folds_stratified_over_images(tmp_path: Path) -> None:
@@ -110,5 +122,5 @@ def test_official_needs_its_file(tmp_path: Path) -> None:
     spec = SplitSpec(scheme="official")
     with pytest.raises(ConfigError, match=r"dataset\.official_folds"):
         bach_split(_labelled(), spec, tmp_path)
-    with pytest.raises(ConfigError, match=r"does not exist.*paths\.shared_dir"):
+    with pytest.raises(ConfigError, match=r"does not exist.*paths\.resources_dir"):
         bach_split(_labelled(), spec, tmp_path, official_folds=tmp_path / "missing.json")
