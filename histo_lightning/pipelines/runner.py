@@ -362,16 +362,30 @@ class PipelineRunner:
                     f"pipeline.stages.{name}.setup: stage hooks are now declared as data: [...] and "
                     "act on the stage's own view of the data module (rename the key)"
                 )
+        from omegaconf.errors import InterpolationKeyError
+
         from histo_lightning.utils.choices import check_config
 
+        def method_checks() -> None:
+            for spec in self.pipeline.get("checks") or []:
+                spec = dict(to_plain(spec))
+                resolve_task(spec.pop("fn"))(self.cfg, **spec)
+
+        # The method's own checks first: they name the key a user set (``model.schedule='fast'``)
+        # rather than the interpolation that the wrong value leaves dangling elsewhere. A check that
+        # itself meets a dangling interpolation defers to the generic check, which names it.
+        try:
+            method_checks()
+            checked = True
+        except InterpolationKeyError:
+            checked = False
         check_config(self.cfg)  # every method choice and stage reference, before anything runs
         if self.cfg.get("ckpt_path"):
             from histo_lightning.utils.checkpoints import check_checkpoint
 
             check_checkpoint(self.cfg.ckpt_path)  # before any data is read
-        for spec in self.pipeline.get("checks") or []:
-            spec = dict(to_plain(spec))
-            resolve_task(spec.pop("fn"))(self.cfg, **spec)
+        if not checked:
+            method_checks()
 
     # ---- fingerprints -----------------------------------------------------------------------------------
     def semantic_settings(self) -> dict[str, Any]:
@@ -486,8 +500,9 @@ class PipelineRunner:
         ctx.seed = seed_stage(self.cfg.get("seed"), name)
         view = ctx.datamodule  # the stage's own data view, its data hooks applied
         info = STAGE_KINDS[kind](ctx).run()
-        if stage_cfg.get("data") and callable(getattr(view, "describe", None)):
-            info["data"] = view.describe()  # what this stage's view held (run_info.json)
+        if (stage_cfg.get("data") or kind == "fit") and callable(getattr(view, "describe", None)):
+            # what this stage's view held, as trained on (e.g. SMSE's pairing, resolved from the model)
+            info["data"] = view.describe()
         info = {
             **info,
             "fingerprint": fingerprint,
@@ -531,12 +546,15 @@ class PipelineRunner:
             # a stage that ran again, even unchanged, makes the later ones stale
             upstream = f"{result.fingerprint}:{result.info.get('token')}"
 
+        # run_info.json's "data": what the last fit stage trained on (its own view), else the run's data
+        fit_views = [r.info["data"] for r in self.results.values() if r.kind == "fit" and "data" in r.info]
         if is_global_zero():
             write_run_report(
                 self.cfg,
                 self.datamodule,
                 self.metrics,
                 started,
+                **({"data": fit_views[-1]} if fit_views else {}),
                 pipeline={
                     "name": self.pipeline.get("name"),
                     **dict(to_plain(self.pipeline.get("report") or {})),
