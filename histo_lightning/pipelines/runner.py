@@ -547,7 +547,9 @@ class PipelineRunner:
             upstream = f"{result.fingerprint}:{result.info.get('token')}"
 
         # run_info.json's "data": what the last fit stage trained on (its own view), else the run's data
-        fit_views = [r.info["data"] for r in self.results.values() if r.kind == "fit" and "data" in r.info]
+        fit_views = [
+            r.info["data"] for r in self.results.values() if r.kind == "fit" and "data" in r.info
+        ]
         if is_global_zero():
             write_run_report(
                 self.cfg,
