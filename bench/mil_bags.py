@@ -24,7 +24,6 @@ import numpy as np
 import torch
 
 from histo_lightning.data.bags import FeatureBagDataset, InstanceBagDataset
-from histo_lightning.data.instance_store import BagArrays
 from histo_lightning.mil.bag_generation import (
     BagSizeStats,
     cluster_bags,
@@ -34,6 +33,7 @@ from histo_lightning.mil.bag_generation import (
 )
 from histo_lightning.mil.mining import mine_hard_negatives
 from histo_lightning.nets.mil import build_mil_classifier
+from histo_lightning.stores.instance_store import BagArrays
 
 
 def colon_sized(n_bags: int, mean_size: float, seed: int = 0) -> tuple[BagArrays, np.ndarray]:

@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 
 from histo_lightning.data.base import MANIFEST_COLUMNS, DataContract
-from histo_lightning.data.breakhis import BreakHisDataModule
-from histo_lightning.data.paip import PaipDataModule
-from histo_lightning.data.tupac16 import Tupac16DataModule
+from histo_lightning.data.datasets.breakhis import BreakHisDataModule
+from histo_lightning.data.datasets.paip import PaipDataModule
+from histo_lightning.data.datasets.tupac16 import Tupac16DataModule
 from histo_lightning.errors import ConfigError
 from histo_lightning.train import train
 from tests.conftest import SMOKE
@@ -183,8 +183,8 @@ def test_root_and_synthetic_settings_are_checked(data_dir: Path, tmp_path: Path)
 
 
 def test_corrupt_policy_is_shared(data_dir: Path) -> None:
-    from histo_lightning.data.image_store import BadImage
     from histo_lightning.errors import CorruptImageError
+    from histo_lightning.stores.image_store import BadImage
 
     bad = [BadImage("/x/a.tif", "truncated"), BadImage("/x/b.tif", "empty")]
     with pytest.raises(

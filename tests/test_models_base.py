@@ -15,8 +15,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from histo_lightning.losses import ContrastiveLoss
+from histo_lightning.methods.chsnet.module import ChsnetPatchClassifier
+from histo_lightning.methods.smse.module import SimilarityClassifier
 from histo_lightning.metrics import BinaryClassificationMetrics, ClassificationMetrics
-from histo_lightning.models import ChsnetPatchClassifier, ImageClassifier, SimilarityClassifier
+from histo_lightning.models import ImageClassifier
 from histo_lightning.models.base import BEST_KEY, plain
 
 

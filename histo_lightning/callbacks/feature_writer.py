@@ -20,7 +20,7 @@ import numpy as np
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import BasePredictionWriter
 
-from histo_lightning.data.feature_cache import FeatureCache
+from histo_lightning.stores.feature_cache import FeatureCache
 
 
 class FeatureCacheWriter(BasePredictionWriter):

@@ -29,10 +29,10 @@ import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
 
-from histo_lightning.data.feature_cache import FeatureCache
 from histo_lightning.mil.mining import mine_hard_negatives
 from histo_lightning.reporting.mil_plots import gallery_figure
 from histo_lightning.reporting.plots import log_image, save_figure
+from histo_lightning.stores.feature_cache import FeatureCache
 from histo_lightning.utils.choices import NUMBER, PROBABILITY, declare_choices
 from histo_lightning.utils.io import atomic_path, write_json_atomic, write_text_atomic
 from histo_lightning.utils.logging import get_logger

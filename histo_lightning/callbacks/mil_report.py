@@ -23,9 +23,9 @@ import pandas as pd
 import pytorch_lightning as pl
 
 from histo_lightning.callbacks.collect import TestOutputCollector
-from histo_lightning.data.image_store import read_rgb
 from histo_lightning.reporting.mil_plots import heatmap_figure
 from histo_lightning.reporting.plots import log_image, save_figure
+from histo_lightning.stores.image_store import read_rgb
 from histo_lightning.utils.io import atomic_path
 from histo_lightning.utils.logging import get_logger
 

@@ -45,9 +45,9 @@ from histo_lightning.data.bags import (
     InstanceDataset,
 )
 from histo_lightning.data.base import BaseDataModule, settings_dict
-from histo_lightning.data.instance_store import Bags, InstanceStore
 from histo_lightning.errors import ConfigError
 from histo_lightning.mil.folds import bag_table, repeat_spec
+from histo_lightning.stores.instance_store import Bags, InstanceStore
 from histo_lightning.utils.logging import get_logger
 
 log = get_logger(__name__)

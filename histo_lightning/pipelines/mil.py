@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from histo_lightning.data.feature_cache import FeatureCache
 from histo_lightning.errors import ConfigError
 from histo_lightning.mil.bag_generation import (
     ALLOCATIONS,
@@ -37,6 +36,7 @@ from histo_lightning.mil.bag_generation import (
     random_bags,
     single_bag,
 )
+from histo_lightning.stores.feature_cache import FeatureCache
 from histo_lightning.utils.choices import COUNT, Accepts, OneOf, declare_choices
 from histo_lightning.utils.io import atomic_path, read_json, write_json_atomic
 from histo_lightning.utils.logging import get_logger

@@ -59,8 +59,8 @@ from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
 from histo_lightning.callbacks.feature_writer import FeatureCacheWriter
 from histo_lightning.data.base import transform_description
-from histo_lightning.data.feature_cache import FeatureCache, default_cache_dir
 from histo_lightning.errors import ConfigError
+from histo_lightning.stores.feature_cache import FeatureCache, default_cache_dir
 from histo_lightning.stores.keys import frame_digest
 from histo_lightning.stores.store import State, StoreError, inspect
 from histo_lightning.utils.batchnorm import check_training_batch_size

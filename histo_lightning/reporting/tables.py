@@ -10,12 +10,12 @@ job of a sweep through :class:`~histo_lightning.reporting.hydra_callbacks.TableR
 Each method registers its layouts (:func:`register_table`) in its own module, listed in
 :data:`METHOD_MODULES`; a layout is named ``<method>.<table>``:
 
-* :mod:`histo_lightning.reporting.smse_tables`: ``smse.table3`` … ``smse.table7``, ``smse.table10``
+* :mod:`histo_lightning.methods.smse.tables`: ``smse.table3`` … ``smse.table7``, ``smse.table10``
   (Sun et al., SMSE Tables III–VII and X);
-* :mod:`histo_lightning.reporting.chsnet_tables`: ``chsnet.table2`` … ``chsnet.table4`` (Ma et al.,
+* :mod:`histo_lightning.methods.chsnet.tables`: ``chsnet.table2`` … ``chsnet.table4`` (Ma et al.,
   CHS-Net Tables 2–4);
 * :mod:`histo_lightning.reporting.mil_tables`: ``mil.table1``, ``mil.table2`` (Li et al., Tables 1–2).
-* :mod:`histo_lightning.reporting.rakhlin_tables`: ``rakhlin.table1``, ``rakhlin.fig4`` (Rakhlin et al.,
+* :mod:`histo_lightning.methods.rakhlin.tables`: ``rakhlin.table1``, ``rakhlin.fig4`` (Rakhlin et al.,
   Table 1 and the pooled 2-class numbers of §3 / Fig. 4).
 
 A new method adds a module with its ``@register_table("<method>", "<table>")`` builders (each takes the
@@ -46,10 +46,10 @@ from histo_lightning.utils.io import write_json_atomic, write_text_atomic
 
 #: the modules whose import registers each method's layouts
 METHOD_MODULES = (
-    "histo_lightning.reporting.smse_tables",
-    "histo_lightning.reporting.chsnet_tables",
+    "histo_lightning.methods.smse.tables",
+    "histo_lightning.methods.chsnet.tables",
     "histo_lightning.reporting.mil_tables",
-    "histo_lightning.reporting.rakhlin_tables",
+    "histo_lightning.methods.rakhlin.tables",
 )
 
 TableBuilder = Callable[[list[Job]], dict[str, Any]]

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from omegaconf import DictConfig, open_dict
 
-from histo_lightning.data.bach import CLASS_NAMES, CLASS_PREFIXES, GROUND_TRUTH_FILE
+from histo_lightning.data.datasets.bach import CLASS_NAMES, CLASS_PREFIXES, GROUND_TRUTH_FILE
 from histo_lightning.data.synthetic.he_render import (
     render_optical_density,
     sample_stain_style,

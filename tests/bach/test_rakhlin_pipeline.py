@@ -14,9 +14,9 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from histo_lightning.data.feature_cache import FeatureCache, FeatureCacheMismatch
-from histo_lightning.models.descriptors import DescriptorExtractor
+from histo_lightning.methods.rakhlin.descriptors import DescriptorExtractor
 from histo_lightning.pipelines.runner import run_pipeline
+from histo_lightning.stores.feature_cache import FeatureCache, FeatureCacheMismatch
 
 MODELS = ("mobilenet_200", "mobilenet_325", "lcnet_200", "lcnet_325")
 METRICS = (

@@ -13,7 +13,6 @@ from histo_lightning.data.bags import (
     collate_bags,
     random_dihedral,
 )
-from histo_lightning.data.instance_store import BagArrays
 from histo_lightning.nets.mil import (
     AttentionPooling,
     IdentityEncoder,
@@ -27,6 +26,7 @@ from histo_lightning.nets.mil import (
     masked_softmax,
     pseudo_negatives,
 )
+from histo_lightning.stores.instance_store import BagArrays
 
 
 @pytest.mark.parametrize(

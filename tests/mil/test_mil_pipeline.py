@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from histo_lightning.data.colon import CLASSIFICATION_DIR, RELEASE_DIR
+from histo_lightning.data.datasets.colon import CLASSIFICATION_DIR, RELEASE_DIR
 from histo_lightning.pipelines.runner import run_pipeline
 from tests.conftest import run_cli
 from tests.mil.conftest import write_colon_image

@@ -16,7 +16,7 @@ from histo_lightning.reporting.mil_tables import write_tables
 from histo_lightning.reporting.sweep import read_jobs, sweep_folders
 from histo_lightning.reporting.tables import build_report, layouts
 
-COLON = "histo_lightning.data.colon.ColonDataModule"
+COLON = "histo_lightning.data.datasets.colon.ColonDataModule"
 
 
 def job(

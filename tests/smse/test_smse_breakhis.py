@@ -9,14 +9,14 @@ import pytest
 import torch
 import yaml
 
-from histo_lightning.data.feature_cache import FeatureCache
 from histo_lightning.errors import ConfigError
 from histo_lightning.losses import ContrastiveLoss, ReinforcedFocalLoss, TripletLoss
+from histo_lightning.methods.smse.module import SimilarityClassifier
 from histo_lightning.metrics import ClassificationMetrics
-from histo_lightning.models import SimilarityClassifier
 from histo_lightning.nets import pnn2
 from histo_lightning.reporting.tables import build_report
 from histo_lightning.reporting.tables import main as tables_main
+from histo_lightning.stores.feature_cache import FeatureCache
 from histo_lightning.train import train
 from tests.conftest import SMOKE
 

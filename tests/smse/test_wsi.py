@@ -15,7 +15,7 @@ import pytest
 import tifffile
 from torch.utils.data import DataLoader
 
-from histo_lightning.data.paip import PaipDataModule, scan_paip
+from histo_lightning.data.datasets.paip import PaipDataModule, scan_paip
 from histo_lightning.data.synthetic.paip import (
     SyntheticPaipConfig,
     generate_paip,

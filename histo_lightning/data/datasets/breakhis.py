@@ -27,7 +27,7 @@ from typing import Any
 
 import pandas as pd
 
-from histo_lightning.data.datamodule import HistoDataModule
+from histo_lightning.data.image_datamodule import HistoDataModule
 from histo_lightning.errors import ConfigError, DatasetLayoutError
 from histo_lightning.utils.logging import get_logger
 
@@ -261,7 +261,7 @@ class BreakHisDataModule(HistoDataModule):
 
     Args:
         magnifications: which magnification folders to use (default all four).
-        **kwargs: :class:`~histo_lightning.data.datamodule.HistoDataModule` arguments; ``root`` is the
+        **kwargs: :class:`~histo_lightning.data.image_datamodule.HistoDataModule` arguments; ``root`` is the
             folder holding ``BreaKHis_v1/``, or ``synthetic`` (only ``dataset=breakhis_synthetic`` sets it:
             :class:`~histo_lightning.data.synthetic.breakhis.SyntheticBreakHisConfig` fields) generates a
             synthetic BreakHis tree once under ``synthetic_dir``, read with the same code as the real one.

@@ -12,7 +12,7 @@ classifier trained by ``L_cls`` on single images.
 a class together across scales.
 
 Validation and test classify every image exactly once, as an anchor, so the metric keys are those of
-:class:`~histo_lightning.models.ImageClassifier` (``test/rr``, ``test/acc``, ``test/f1_<class>``,
+:class:`~histo_lightning.models.classifier.ImageClassifier` (``test/rr``, ``test/acc``, ``test/f1_<class>``,
 ``test/auroc``, ``test/rr_<group>``); with fixed evaluation pairs/triplets (``dataset.pair_eval``) the
 embedding loss is reported there too (``val/embed_loss``).
 """

@@ -27,10 +27,10 @@ import pandas as pd
 import pytorch_lightning as pl
 
 from histo_lightning.callbacks.collect import TestOutputCollector
-from histo_lightning.data.tupac16 import write_challenge_csv, write_geojson
+from histo_lightning.data.datasets.tupac16 import write_challenge_csv, write_geojson
+from histo_lightning.methods.chsnet.detector import CURVE_THRESHOLDS
+from histo_lightning.methods.chsnet.overlays import detection_overlay
 from histo_lightning.metrics.detection import detection_scores, match_assignments
-from histo_lightning.models.chsnet_detector import CURVE_THRESHOLDS
-from histo_lightning.reporting.overlays import detection_overlay
 from histo_lightning.reporting.plots import log_image, precision_recall_figure, save_figure
 from histo_lightning.utils.io import atomic_path
 from histo_lightning.utils.logging import get_logger
@@ -42,7 +42,7 @@ class DetectionReport(TestOutputCollector):
     """Collects the detections of ``trainer.test`` and writes the report files (see the module docstring).
 
     The match radius, the matching rule and the operating threshold are the detector's
-    (:class:`~histo_lightning.models.chsnet_detector.ChsnetCascadeDetector`), read when the test ends.
+    (:class:`~histo_lightning.methods.chsnet.detector.ChsnetCascadeDetector`), read when the test ends.
 
     Args:
         output_dir: where the files go; None (default): the test stage's own folder.

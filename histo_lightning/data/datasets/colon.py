@@ -48,9 +48,9 @@ import scipy.io
 from PIL import Image
 
 from histo_lightning.data.bag_datamodule import ImageBagDataModule
-from histo_lightning.data.image_store import BadImage, files_key, read_rgb
-from histo_lightning.data.instance_store import Bag, InstanceStore, relative_origin
 from histo_lightning.errors import ConfigError, CorruptImageError, DatasetLayoutError
+from histo_lightning.stores.image_store import BadImage, files_key, read_rgb
+from histo_lightning.stores.instance_store import Bag, InstanceStore, relative_origin
 from histo_lightning.utils.logging import get_logger
 
 log = get_logger(__name__)

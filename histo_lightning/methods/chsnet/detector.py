@@ -7,7 +7,7 @@ HPF: ``ceil((H - 1) / stride) + 1`` rows of centres, spread symmetrically so the
 most ``stride / 2`` outside the image, hence every pixel, edges and corners included, is within
 ``stride / 2`` (per axis) of a window centre. Windows reaching beyond the HPF see it mirrored there
 (reflection without repeating the edge pixel), exactly as training patches cut near a border are
-(:func:`histo_lightning.data.patching.extract_patch`, ``BORDER_REFLECT_101``): the HPF is
+(:func:`histo_lightning.data.sampling.patching.extract_patch`, ``BORDER_REFLECT_101``): the HPF is
 padded once by reflection (:func:`window_grid` gives the pads). Without the padding a mitosis within
 about 50 px of an edge had no window near enough to be matched.
 

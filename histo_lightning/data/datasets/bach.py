@@ -40,10 +40,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from histo_lightning.data.base import BaseDataModule, digest
-from histo_lightning.data.image_store import MemmapImageCache, Rescale, inspect_image
 from histo_lightning.data.splits import SplitSpec, check_fold, load_or_create_split
 from histo_lightning.data.stain import MacenkoNormalizer, build_normalizer
 from histo_lightning.errors import ConfigError, CorruptImageError, DatasetLayoutError
+from histo_lightning.stores.image_store import MemmapImageCache, Rescale, inspect_image
 from histo_lightning.utils.logging import get_logger
 
 log = get_logger(__name__)

@@ -11,7 +11,7 @@ A draw is a ``(N, 3)`` integer array of rows ``(anchor, positive, negative)`` or
 
 Training partners are redrawn every epoch by :class:`PairingSampler`: its ``__iter__`` runs in the main
 process at the start of every epoch, seeded by ``(seed, epoch)``, and yields the rows; the DataLoader
-hands each row to :class:`~histo_lightning.data.datasets.PairedDataset` as the index. Nothing has to reach the DataLoader workers (a
+hands each row to :class:`~histo_lightning.data.torch_datasets.PairedDataset` as the index. Nothing has to reach the DataLoader workers (a
 dataset attribute changed in the main process would not reach persistent workers), every rank of a DDP
 job draws the same rows (Lightning shards them with ``DistributedSamplerWrapper``, which forwards
 ``set_epoch``), and a resumed run redraws exactly the partners of the epoch it resumes at. Validation and

@@ -3,14 +3,14 @@
 The stages are declared in ``conf/pipeline/chsnet.yaml`` and run by
 :mod:`histo_lightning.pipelines.runner`, in ``<run>/<NN>_<name>/``:
 
-1. ``01_screening`` (fit): the screening network (:class:`~histo_lightning.models.chsnet.ChsnetPatchClassifier`)
+1. ``01_screening`` (fit): the screening network (:class:`~histo_lightning.methods.chsnet.module.ChsnetPatchClassifier`)
    on all training positives and negatives (§3.1.1, §4.2.2);
 2. ``02_mining`` (predict): p(mitosis) of every training patch into the stage's feature cache, read by the
-   :class:`~histo_lightning.callbacks.mining.HardExampleMining` callback: negatives with p > 0.2 are the
+   :class:`~histo_lightning.methods.chsnet.mining.HardExampleMining` callback: negatives with p > 0.2 are the
    false positives (``false_positives.csv``), with Table 2's report (§3.2, §4.2.2);
 3. ``03_refined`` (fit): the refined network on negatives : positives : false positives drawn 1 : 1 : 3
    (:func:`use_mined_examples`, a data hook: the refined stage's own view of the data module, §4.2.3);
-4. ``04_detection`` (test): :class:`~histo_lightning.models.chsnet.ChsnetCascadeDetector` on the held-out
+4. ``04_detection`` (test): :class:`~histo_lightning.methods.chsnet.module.ChsnetCascadeDetector` on the held-out
    fold's whole HPFs (screening p > 0.80, refined p > 0.85, NMS, matching; §4.3), with the detection
    report; its ``test/*`` metrics are the run's ``metrics.json`` (a Table 3 row);
 5. ``05_detection_unlabelled`` (test, ``model.detection.unlabelled=true``): challenge-format predictions

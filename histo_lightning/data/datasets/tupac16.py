@@ -21,7 +21,7 @@ rows ``cy-64 … cy+63``), ``angle`` a rotation in degrees. *Positives* (§3.4.1
 has blank areas: ``n_translations`` (5) translated copies, each moved by a random length up to
 ``max_translation`` (16 px) in a random direction (rounded to whole pixels), and every patch (original and
 translated) rotated ``n_rotations`` (6) times by random angles, each rotated patch cut from the original
-map around its centre (:func:`~histo_lightning.data.patching.extract_patch`), so its corners hold the
+map around its centre (:func:`~histo_lightning.data.sampling.patching.extract_patch`), so its corners hold the
 surrounding tissue, not blank. That is (1 + 5) × (1 + 6) = 42 patches per mitosis; the paper's
 1522 → 65082 is 42.8 per mitosis. *Negatives* (§3.4.1 Eq. 8, §4.2.1 third step): a 128×128 window
 traverses each HPF from the upper left corner with stride 64 (window origins ``0, 64, …`` up to the last
@@ -41,7 +41,7 @@ normaliser and its target, and builds the patch index. Loaders (batches are dict
 * ``train_dataloader``: the training cases' patches ``{"image" (3,128,128) uint8, "label", "index"}``;
   all of them, shuffled (screening network), or after :meth:`Tupac16DataModule.use_hard_examples`
   negatives : positives : false positives drawn 1 : 1 : 3 by a
-  :class:`~histo_lightning.data.samplers.RatioSampler` (refined network, §4.2.3);
+  :class:`~histo_lightning.data.sampling.samplers.RatioSampler` (refined network, §4.2.3);
 * ``val_dataloader``: the validation cases' patches (original positives, all negatives);
 * ``predict_dataloader``: every training-case patch, for hard-example mining;
 * ``test_dataloader``: whole HPFs, one per batch, ``{"image" (3,H,W) uint8, "points" (K,2), "hpf",
@@ -64,13 +64,13 @@ import pandas as pd
 from torch.utils.data import DataLoader
 
 from histo_lightning.data.base import BaseDataModule, digest
-from histo_lightning.data.datasets import HpfDataset, PatchDataset, first_item
-from histo_lightning.data.image_store import MemmapImageCache, files_key
-from histo_lightning.data.patching import centred_boxes, ioa, window_origins
-from histo_lightning.data.samplers import RatioSampler
+from histo_lightning.data.sampling.patching import centred_boxes, ioa, window_origins
+from histo_lightning.data.sampling.samplers import RatioSampler
 from histo_lightning.data.splits import patient_labels
 from histo_lightning.data.stain import build_normalizer
+from histo_lightning.data.torch_datasets import HpfDataset, PatchDataset, first_item
 from histo_lightning.errors import ConfigError, DatasetLayoutError
+from histo_lightning.stores.image_store import MemmapImageCache, files_key
 from histo_lightning.stores.keys import array_digest
 from histo_lightning.utils.io import atomic_path, write_text_atomic
 from histo_lightning.utils.logging import get_logger

@@ -30,8 +30,7 @@ from typing import Any
 
 import pandas as pd
 
-from histo_lightning.data.datamodule import HistoDataModule
-from histo_lightning.data.image_store import BadImage
+from histo_lightning.data.image_datamodule import HistoDataModule
 from histo_lightning.data.wsi import (
     PatchSpec,
     SlideHandles,
@@ -39,6 +38,7 @@ from histo_lightning.data.wsi import (
     load_or_sample_patches,
 )
 from histo_lightning.errors import ConfigError, CorruptImageError, DatasetLayoutError
+from histo_lightning.stores.image_store import BadImage
 from histo_lightning.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -113,7 +113,7 @@ class PaipDataModule(HistoDataModule):
         verify_patches: patches of each slide read back when its index is built (−1: all), so an
             undecodable slide is found before training.
         max_open_slides: openslide handles each process keeps open.
-        **kwargs: :class:`~histo_lightning.data.datamodule.HistoDataModule` arguments; ``root`` is the folder
+        **kwargs: :class:`~histo_lightning.data.image_datamodule.HistoDataModule` arguments; ``root`` is the folder
             holding ``Training_phase_*``, or ``synthetic`` (:class:`~histo_lightning.data.synthetic.paip.
             SyntheticPaipConfig` fields) generates a synthetic PAIP tree once under ``synthetic_dir``.
             ``image_cache`` must be ``none``: patches are read from the slides, never copied.

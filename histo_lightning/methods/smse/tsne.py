@@ -81,8 +81,8 @@ def tsne_stage(
     manifests the labels and groups (magnifications). Writes ``plots/tsne.png`` in the stage folder (also
     sent to W&B / TensorBoard as ``tsne``).
     """
-    from histo_lightning.data.feature_cache import FeatureCache
     from histo_lightning.reporting.plots import log_image, save_figure
+    from histo_lightning.stores.feature_cache import FeatureCache
 
     panels = {}
     for stage in embeddings:

@@ -1,12 +1,12 @@
 """Rakhlin et al.'s image descriptors as a LightningModule for predict stages (§2.3–2.4).
 
 :class:`DescriptorExtractor` turns each cached image (halved and Macenko-normalised once, see
-:class:`~histo_lightning.data.bach.BachDataModule`) into ``(n_augmentations, D)`` descriptors for one crop
+:class:`~histo_lightning.data.datasets.bach.BachDataModule`) into ``(n_augmentations, D)`` descriptors for one crop
 size, entirely on the module's device:
 
 1. draw the image's 50 colour augmentations (H and E factors from U[0.7, 1.3]) and, per augmentation, 20
    square crops with a random rotation by a multiple of 90° and a random flip (seeded by the image key, so
-   any subset of images on any device gives the same numbers; :mod:`histo_lightning.data.multicrop`);
+   any subset of images on any device gives the same numbers; :mod:`histo_lightning.methods.rakhlin.multicrop`);
 2. cut the crops with one indexed read and colour-augment them (Ruifrok H&E decomposition, Io = 240;
    ``he_mode=rakhlin2018`` reproduces the authors' 2018 code, see
    :data:`~histo_lightning.data.stain.HE_MODES`), always in float32, outside any autocast;
@@ -31,9 +31,9 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from histo_lightning.data.bach import preprocess_from_settings
-from histo_lightning.data.multicrop import ViewSettings, image_descriptors
+from histo_lightning.data.datasets.bach import preprocess_from_settings
 from histo_lightning.errors import ConfigError
+from histo_lightning.methods.rakhlin.multicrop import ViewSettings, image_descriptors
 from histo_lightning.nets.encoders import FrozenEncoder
 
 #: bump when the code that computes descriptors changes their numbers (it enters the fingerprint)
@@ -46,7 +46,7 @@ class DescriptorExtractor(pl.LightningModule):
     Args:
         encoder: a :class:`~histo_lightning.nets.encoders.FrozenEncoder` (the ``encoder`` group).
         crop_size: crop side in pixels of the cached (rescaled) image (§2.3: 400 and 650 at half scale).
-        views: :class:`~histo_lightning.data.multicrop.ViewSettings` fields (50 augmentations, 20 crops,
+        views: :class:`~histo_lightning.methods.rakhlin.multicrop.ViewSettings` fields (50 augmentations, 20 crops,
             H&E range, ``he_mode``, augmentation ``seed``).
         p: the exponent of Eq. 1 (3; 1 = mean, large = max).
         preprocess: the image cache's preprocess settings (``${dataset.preprocess}``); their key enters

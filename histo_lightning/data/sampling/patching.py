@@ -1,7 +1,7 @@
 """Patch geometry over images held in memory: boxes, intersection over area, sliding windows, rotated crops.
 
-Generic pieces of patch sampling (used by the TUPAC16 patch index, :mod:`histo_lightning.data.tupac16`, and
-the datasets cutting patches on the fly, :class:`~histo_lightning.data.datasets.PatchDataset`). Points and
+Generic pieces of patch sampling (used by the TUPAC16 patch index, :mod:`histo_lightning.data.datasets.tupac16`, and
+the datasets cutting patches on the fly, :class:`~histo_lightning.data.torch_datasets.PatchDataset`). Points and
 boxes are in image pixels, ``(row, col)`` / ``(y0, x0, y1, x1)``.
 """
 

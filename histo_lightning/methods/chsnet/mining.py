@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pytorch_lightning as pl
 
-from histo_lightning.data.feature_cache import FeatureCache
 from histo_lightning.metrics.detection import detection_scores
+from histo_lightning.stores.feature_cache import FeatureCache
 from histo_lightning.utils.choices import PROBABILITY, declare_choices
 from histo_lightning.utils.io import atomic_path, write_json_atomic, write_text_atomic
 from histo_lightning.utils.logging import get_logger

@@ -1,12 +1,12 @@
 """Rakhlin et al. (2018) as stages: descriptors → LightGBM → fusion and report (``conf/pipeline/rakhlin.yaml``).
 
-The descriptor stages are predict stages of :class:`~histo_lightning.models.descriptors.DescriptorExtractor`,
+The descriptor stages are predict stages of :class:`~histo_lightning.methods.rakhlin.descriptors.DescriptorExtractor`,
 one per (encoder, crop size) model, each filling a shared feature cache over every BACH image
 (``subset: all``); the two function stages here use them:
 
 * :func:`fit_lightgbm` (§2.5): for every descriptor stage that ran (model) and every seed, one LightGBM model
   trained on the 50 augmented descriptors of each of this fold's training images, with the authors'
-  settings (:class:`~histo_lightning.classifiers.gradient_boosting.BoostingSettings`); the models of the
+  settings (:class:`~histo_lightning.methods.rakhlin.gradient_boosting.BoostingSettings`); the models of the
   run train in ``n_jobs`` parallel processes and are saved as LightGBM text files under
   ``<stage>/models/``. Each model predicts every augmentation of the fold's test images and of the
   unlabelled images; the probabilities averaged over augmentations and seeds are kept per model in
@@ -17,7 +17,7 @@ one per (encoder, crop size) model, each filling a shared feature cache over eve
   seed's accuracy per model (``test/acc_<model>@seed<k>``: Table 1's per-model cells are their mean over
   seeds, its std the s.d. over all seed × fold values), the 2-class numbers (carcinoma vs not:
   ``test/acc2``, ``test/auc2``, ``test/sensitivity2@0.33`` ... at the setpoints, see
-  :mod:`histo_lightning.metrics.bach`), ``roc.png`` (Fig. 4a), ``confusion.png`` (Fig. 4b), also sent to
+  :mod:`histo_lightning.methods.rakhlin.metrics`), ``roc.png`` (Fig. 4a), ``confusion.png`` (Fig. 4b), also sent to
   W&B/TensorBoard, ``predictions.csv`` per test image, and for the unlabelled images
   ``submission.csv`` (``image,label``, this fold's models) and ``unlabelled_probabilities.csv`` (which the
   sweep summary averages over the folds' models, as the authors' submission did).
@@ -32,19 +32,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from histo_lightning.classifiers.gradient_boosting import (
+from histo_lightning.data.datasets.bach import CLASS_NAMES
+from histo_lightning.errors import ConfigError
+from histo_lightning.methods.rakhlin.gradient_boosting import (
     BoostingJob,
     BoostingSettings,
     average_views_and_seeds,
     fuse,
     run_jobs,
 )
-from histo_lightning.data.bach import CLASS_NAMES
-from histo_lightning.data.feature_cache import FeatureCache
-from histo_lightning.data.multicrop import ViewSettings
-from histo_lightning.errors import ConfigError
-from histo_lightning.metrics.bach import CARCINOMA_RULES, SETPOINTS, four_class_accuracy
-from histo_lightning.reporting.bach import (
+from histo_lightning.methods.rakhlin.metrics import CARCINOMA_RULES, SETPOINTS, four_class_accuracy
+from histo_lightning.methods.rakhlin.multicrop import ViewSettings
+from histo_lightning.methods.rakhlin.report import (
     CONFUSION_FILE,
     ROC_FILE,
     write_probabilities,
@@ -52,6 +51,7 @@ from histo_lightning.reporting.bach import (
     write_submission,
 )
 from histo_lightning.reporting.plots import log_image
+from histo_lightning.stores.feature_cache import FeatureCache
 from histo_lightning.utils.choices import declare_choices
 from histo_lightning.utils.io import atomic_path
 from histo_lightning.utils.logging import get_logger
@@ -160,7 +160,7 @@ def fit_lightgbm(
     """Train and apply the LightGBM models of this fold (module docstring, §2.5).
 
     Args:
-        lightgbm: :class:`~histo_lightning.classifiers.gradient_boosting.BoostingSettings` fields.
+        lightgbm: :class:`~histo_lightning.methods.rakhlin.gradient_boosting.BoostingSettings` fields.
         n_jobs: models trained at once, each in its own process.
         descriptors: the descriptor stages to use (default: all that ran before this stage).
     """
@@ -234,7 +234,7 @@ def read_probabilities(ctx: Any, stage: str) -> tuple[list[str], dict[str, np.nd
 
 
 def metric_names(metrics: Mapping[str, float]) -> dict[str, float]:
-    """:func:`~histo_lightning.metrics.bach.bach_metrics` keys as logged: ``acc4`` → ``test/acc``,
+    """:func:`~histo_lightning.methods.rakhlin.metrics.bach_metrics` keys as logged: ``acc4`` → ``test/acc``,
     ``acc4/<model>`` → ``test/acc_<model>``, ``auc2`` → ``test/auc2`` ..."""
     out = {}
     for key, value in metrics.items():

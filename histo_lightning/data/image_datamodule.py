@@ -4,10 +4,10 @@ A subclass says how to read its dataset (:meth:`HistoDataModule.load_table`, opt
 :meth:`HistoDataModule.official_folds`); :class:`~histo_lightning.data.base.BaseDataModule` gives it the
 root (real or synthetic), the split file, the corrupt-file policy and loaders exact under DDP, and this class
 the image source (a memory-mapped cache of the decoded images, or decoding on access), the per-subset
-:class:`~histo_lightning.data.datasets.ImageTableDataset` with the batch layout
+:class:`~histo_lightning.data.torch_datasets.ImageTableDataset` with the batch layout
 ``{"image", "label", "patient", "group", "index"}``, and, with ``pairing`` set (or ``auto`` and a model
 whose embedding loss needs them), the same datasets served as image pairs or triplets (SMSE Algorithms 1
-and 2, :mod:`histo_lightning.data.pairing`).
+and 2, :mod:`histo_lightning.data.sampling.pairing`).
 """
 
 from __future__ import annotations
@@ -21,11 +21,16 @@ import pandas as pd
 from torch.utils.data import DataLoader
 
 from histo_lightning.data.base import BaseDataModule, digest, frame_digest, transform_description
-from histo_lightning.data.datasets import ImageTableDataset, PairedDataset
-from histo_lightning.data.image_store import BadImage, FileImageSource, MemmapImageCache, files_key
-from histo_lightning.data.pairing import PAIRING_MODES, PairingSampler, fixed_tuples
+from histo_lightning.data.sampling.pairing import PAIRING_MODES, PairingSampler, fixed_tuples
 from histo_lightning.data.splits import patient_labels
+from histo_lightning.data.torch_datasets import ImageTableDataset, PairedDataset
 from histo_lightning.errors import ConfigError
+from histo_lightning.stores.image_store import (
+    BadImage,
+    FileImageSource,
+    MemmapImageCache,
+    files_key,
+)
 from histo_lightning.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -44,7 +49,7 @@ class HistoDataModule(BaseDataModule):
         image_cache: ``memmap`` (decode once into a memory-mapped cache) or ``none`` (decode on access).
         pairing: ``null`` (single images), ``pair`` or ``triplet`` (SMSE Algorithms 1/2), or ``auto``: what
             the model's embedding loss needs (its ``pairing`` attribute; single images for other models).
-        pairing_balanced: class-balanced anchors and negatives (see :mod:`histo_lightning.data.pairing`).
+        pairing_balanced: class-balanced anchors and negatives (see :mod:`histo_lightning.data.sampling.pairing`).
         pair_eval: serve validation and test sets as pairs/triplets too (partners fixed by
             ``pairing_seed``), so the embedding loss is also reported there; every image is still classified
             exactly once, as an anchor.

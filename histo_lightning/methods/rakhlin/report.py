@@ -1,7 +1,7 @@
 """BACH reports of one fold (Rakhlin et al. §3): Fig. 4a (ROC with setpoints), Fig. 4b (confusion
 matrix), the per-image predictions and probabilities, and the submission CSV of the unlabelled test
 images. Every file is written atomically. A sweep's Table 1 and pooled Fig. 4 are the registered layouts
-``rakhlin.table1`` and ``rakhlin.fig4`` (:mod:`histo_lightning.reporting.rakhlin_tables`)."""
+``rakhlin.table1`` and ``rakhlin.fig4`` (:mod:`histo_lightning.methods.rakhlin.tables`)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from histo_lightning.data.bach import CLASS_NAMES
-from histo_lightning.metrics.bach import (
+from histo_lightning.data.datasets.bach import CLASS_NAMES
+from histo_lightning.methods.rakhlin.metrics import (
     SETPOINTS,
     bach_metrics,
     carcinoma_score,
@@ -103,7 +103,7 @@ def write_report(
     rule: str = "max",
     title: str = "",
 ) -> dict[str, float]:
-    """The metrics of :func:`~histo_lightning.metrics.bach.bach_metrics`, and in ``out_dir``:
+    """The metrics of :func:`~histo_lightning.methods.rakhlin.metrics.bach_metrics`, and in ``out_dir``:
     ``roc.png`` (carcinoma vs non-carcinoma, setpoints marked), ``confusion.png`` (4 classes, counts),
     ``predictions.csv``."""
     out_dir = Path(out_dir)

@@ -43,8 +43,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from histo_lightning.data.bach import CLASS_NAMES
-from histo_lightning.metrics.bach import (
+from histo_lightning.data.datasets.bach import CLASS_NAMES
+from histo_lightning.methods.rakhlin.metrics import (
     SETPOINTS,
     binary_metrics,
     carcinoma_score,
@@ -52,7 +52,7 @@ from histo_lightning.metrics.bach import (
     four_class_confusion,
     is_carcinoma,
 )
-from histo_lightning.reporting.bach import PREDICTIONS_FILE, write_submission
+from histo_lightning.methods.rakhlin.report import PREDICTIONS_FILE, write_submission
 from histo_lightning.reporting.plots import confusion_figure, roc_setpoints_figure, save_figure
 from histo_lightning.reporting.sweep import Job
 from histo_lightning.reporting.tables import (

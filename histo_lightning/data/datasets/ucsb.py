@@ -59,9 +59,9 @@ import numpy as np
 import pandas as pd
 
 from histo_lightning.data.bag_datamodule import ImageBagDataModule
-from histo_lightning.data.image_store import files_key, read_rgb
-from histo_lightning.data.instance_store import UNKNOWN, Bag, InstanceStore, relative_origin
 from histo_lightning.errors import ConfigError, DatasetLayoutError
+from histo_lightning.stores.image_store import files_key, read_rgb
+from histo_lightning.stores.instance_store import UNKNOWN, Bag, InstanceStore, relative_origin
 from histo_lightning.utils.logging import get_logger
 
 log = get_logger(__name__)

@@ -19,8 +19,8 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from histo_lightning.data.pairing import check_mode
-from histo_lightning.data.patching import extract_patch
+from histo_lightning.data.sampling.pairing import check_mode
+from histo_lightning.data.sampling.patching import extract_patch
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
@@ -167,9 +167,9 @@ class PairedDataset(Dataset):
     """An image-label dataset served as pairs or triplets.
 
     ``dataset[i]`` must return a dict with ``"image"`` and ``"label"`` (e.g.
-    :class:`~histo_lightning.data.datasets.ImageTableDataset`). An index is either a row from
-    :class:`~histo_lightning.data.pairing.PairingSampler` (training) or an int ``i`` that looks up the fixed row of anchor ``i``
-    (validation/test, ``fixed`` from :func:`~histo_lightning.data.pairing.fixed_tuples`).
+    :class:`~histo_lightning.data.torch_datasets.ImageTableDataset`). An index is either a row from
+    :class:`~histo_lightning.data.sampling.pairing.PairingSampler` (training) or an int ``i`` that looks up the fixed row of anchor ``i``
+    (validation/test, ``fixed`` from :func:`~histo_lightning.data.sampling.pairing.fixed_tuples`).
 
     Items are the anchor's dict plus ``positive``, ``negative`` (images) and ``positive_label``,
     ``negative_label`` for triplets, or ``partner``, ``partner_label`` and ``same`` (s) for pairs.
