@@ -15,8 +15,7 @@ from histo_lightning.errors import ConfigError, DatasetLayoutError
 from histo_lightning.pipelines.runner import PipelineRunner, run_pipeline
 from histo_lightning.pipelines.stages import load_weights
 from histo_lightning.stores.feature_cache import FeatureCache
-from histo_lightning.train import build_datamodule
-from histo_lightning.utils.instantiate import build
+from histo_lightning.utils.instantiate import build, build_datamodule
 from tests.conftest import run_cli
 
 TINY_TUPAC = [

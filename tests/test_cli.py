@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from histo_lightning.pipelines.runner import run_pipeline
 from histo_lightning.reporting.cv_summary import main as cv_summary_main
-from histo_lightning.train import train
 from tests.conftest import ROOT, SMOKE, run_cli
 
 
@@ -142,7 +142,7 @@ def test_ddp_cpu_trains_and_tests_with_two_processes(
             f"ckpt_path={info['stages']['test']['tested_checkpoint']}",
         ]
     )
-    train(cfg)
+    run_pipeline(cfg)
     single = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
     assert ddp_metrics == pytest.approx(single, abs=1e-5)
 

@@ -15,7 +15,7 @@ from histo_lightning.data.datasets.breakhis import BreakHisDataModule
 from histo_lightning.data.datasets.paip import PaipDataModule
 from histo_lightning.data.datasets.tupac16 import Tupac16DataModule
 from histo_lightning.errors import ConfigError
-from histo_lightning.train import train
+from histo_lightning.pipelines.runner import run_pipeline
 from tests.conftest import SMOKE
 
 # the same tree as conftest's TINY_SYNTHETIC (generated once per session, shared with the other tests)
@@ -113,7 +113,7 @@ def test_fit_without_validation_set(make_cfg) -> None:
     cfg = make_cfg(
         ["experiment=breakhis_baseline", *SMOKE, "split.val_fraction=0", "optimized_metric=null"]
     )
-    train(cfg)
+    run_pipeline(cfg)
     out = Path(cfg.paths.output_dir)
     assert "test/acc" in json.loads((out / "metrics.json").read_text())
     info = json.loads((out / "run_info.json").read_text())

@@ -14,10 +14,10 @@ from histo_lightning.losses import ContrastiveLoss, ReinforcedFocalLoss, Triplet
 from histo_lightning.methods.smse.module import SimilarityClassifier
 from histo_lightning.metrics import ClassificationMetrics
 from histo_lightning.nets import pnn2
+from histo_lightning.pipelines.runner import run_pipeline
 from histo_lightning.reporting.tables import build_report
 from histo_lightning.reporting.tables import main as tables_main
 from histo_lightning.stores.feature_cache import FeatureCache
-from histo_lightning.train import train
 from tests.conftest import SMOKE
 
 PAPER_KEYS = ["test/rr", "test/acc", "test/f1_benign", "test/f1_malignant", "test/auroc"]
@@ -26,7 +26,7 @@ MAG_KEYS = [f"test/rr_{m}x" for m in (40, 100, 200, 400)]
 
 def test_smse_breakhis_triplets_end_to_end(make_cfg) -> None:
     cfg = make_cfg(["experiment=smse_breakhis", *SMOKE, "fold=2"])
-    train(cfg)
+    run_pipeline(cfg)
     out = Path(cfg.paths.output_dir)
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(PAPER_KEYS + MAG_KEYS) <= set(metrics)
@@ -57,7 +57,7 @@ def test_pair_and_without_embedding_variants(
     experiment: str, pairing: str | None, make_cfg
 ) -> None:
     cfg = make_cfg([f"experiment={experiment}", *SMOKE, "pipeline=fit_test"])
-    train(cfg)
+    run_pipeline(cfg)
     out = Path(cfg.paths.output_dir)
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(PAPER_KEYS + MAG_KEYS) <= set(metrics)
@@ -69,7 +69,7 @@ def test_explicit_pairing_must_match_the_model(make_cfg) -> None:
     with pytest.raises(
         ConfigError, match=r"dataset.pairing=pair but the model .* trains on triplets"
     ):
-        train(make_cfg(["experiment=smse_breakhis", *SMOKE, "dataset.pairing=pair"]))
+        run_pipeline(make_cfg(["experiment=smse_breakhis", *SMOKE, "dataset.pairing=pair"]))
 
 
 def _module(embedding_loss, channels_last: bool = False) -> SimilarityClassifier:

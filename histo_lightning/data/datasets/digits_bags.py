@@ -258,18 +258,9 @@ def mnist_bags(root: str | Path, spec: BagSampling | None = None) -> dict[str, B
     return make_bags(mnist_pools(root), spec or BagSampling())
 
 
-def describe_bags(bags: dict[str, BagArrays]) -> dict[str, dict]:
-    """Counts per subset for ``run_info.json`` and the log."""
-    return {subset: b.describe() for subset, b in bags.items()}
-
-
-# --------------------------------------------------------------------------------------------
-# Data modules
-# --------------------------------------------------------------------------------------------
-
-
-class DigitBagsDataModule(BagDataModule):
-    """Bags of digit images (Ilse et al. §5.1): training bags from the training pool, test bags from the
+class DigitPoolBagsDataModule(BagDataModule):
+    """The base of ``digits_bags`` and ``mnist_bags``: bags drawn from two pools of digit images, whichever
+    images the subclass's :meth:`pools` holds (Ilse et al. §5.1): training bags from the training pool, test bags from the
     disjoint test pool, validation bags carved from the training bags (``split.val_fraction``).
 
     There are no folds (``fold`` must be 1); ``repeat`` r draws other bags (sampling seed
@@ -378,8 +369,8 @@ class DigitBagsDataModule(BagDataModule):
         return info
 
 
-class DigitsBagsDataModule(DigitBagsDataModule):
-    """``digits_bags``: scikit-learn's bundled 8×8 digits (no download); see :class:`DigitBagsDataModule`.
+class DigitsBagsDataModule(DigitPoolBagsDataModule):
+    """``digits_bags``: scikit-learn's bundled 8×8 digits (no download); see :class:`DigitPoolBagsDataModule`.
 
     Args:
         test_pool_fraction: share of the 1,797 images in the test pool (stratified by digit).
@@ -416,9 +407,9 @@ class DigitsBagsDataModule(DigitBagsDataModule):
         }
 
 
-class MnistBagsDataModule(DigitBagsDataModule):
+class MnistBagsDataModule(DigitPoolBagsDataModule):
     """``mnist_bags``: MNIST's IDX files in torchvision's layout under ``dataset.root`` (training bags
-    from ``train``, test bags from ``t10k``); see :class:`DigitBagsDataModule`."""
+    from ``train``, test bags from ``t10k``); see :class:`DigitPoolBagsDataModule`."""
 
     dataset_name = "mnist_bags"
     display_name = "MNIST bags (Ilse et al. 2018)"
@@ -433,10 +424,9 @@ __all__ = [
     "MNIST_LAYOUT",
     "TARGET_DIGIT",
     "BagSampling",
-    "DigitBagsDataModule",
+    "DigitPoolBagsDataModule",
     "DigitsBagsDataModule",
     "MnistBagsDataModule",
-    "describe_bags",
     "digits_bags",
     "digits_pools",
     "find_mnist_raw",

@@ -30,8 +30,10 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
+from histo_lightning.data.datasets.tupac16 import Tupac16DataModule
 from histo_lightning.errors import ConfigError
 from histo_lightning.pipelines.runner import StageContext
+from histo_lightning.utils.instantiate import target_class
 from histo_lightning.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -64,10 +66,11 @@ def check_config(cfg: DictConfig) -> None:
             "ckpt_path is not used by the CHS-Net pipeline: rerun the same run_id to resume it "
             "(its stage checkpoints are in <run dir>/<NN>_<stage>/checkpoints)"
         )
-    target = str(cfg.dataset.get("_target_")) if isinstance(cfg.dataset, DictConfig) else ""
-    if "Tupac16" not in target:
+    data_class = target_class(cfg.dataset)
+    if data_class is None or not issubclass(data_class, Tupac16DataModule):
+        target = cfg.dataset.get("_target_") if isinstance(cfg.dataset, DictConfig) else cfg.dataset
         raise ConfigError(
-            f"dataset={target or cfg.dataset}: CHS-Net needs TUPAC16 mitosis data "
+            f"dataset={target}: CHS-Net needs TUPAC16 mitosis data "
             "(dataset=tupac16 or dataset=tupac16_synthetic)"
         )
 

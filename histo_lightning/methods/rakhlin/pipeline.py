@@ -34,6 +34,7 @@ import pandas as pd
 
 from histo_lightning.data.datasets.bach import CLASS_NAMES
 from histo_lightning.errors import ConfigError
+from histo_lightning.methods.rakhlin.descriptors import DescriptorExtractor
 from histo_lightning.methods.rakhlin.gradient_boosting import (
     BoostingJob,
     BoostingSettings,
@@ -53,6 +54,7 @@ from histo_lightning.methods.rakhlin.report import (
 from histo_lightning.reporting.plots import log_image
 from histo_lightning.stores.feature_cache import FeatureCache
 from histo_lightning.utils.choices import declare_choices
+from histo_lightning.utils.instantiate import target_class
 from histo_lightning.utils.io import atomic_path
 from histo_lightning.utils.logging import get_logger
 
@@ -66,8 +68,10 @@ PREDICTED_SUBSETS = ("test", "unlabelled")
 
 
 def _is_descriptor_node(node: Any) -> bool:
-    target = str((node.get("module") or {}).get("_target_", ""))
-    return node.get("kind") == "predict" and target.endswith("DescriptorExtractor")
+    if node.get("kind") != "predict":
+        return False
+    module_class = target_class(node.get("module") or {})
+    return module_class is not None and issubclass(module_class, DescriptorExtractor)
 
 
 def is_descriptor_stage(ctx: Any, name: str) -> bool:
