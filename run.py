@@ -13,11 +13,14 @@ from omegaconf import DictConfig
 
 import histo_lightning.utils.resolvers  # noqa: F401  (registers ${hl.root:} and friends)
 from histo_lightning.cli import check_command_line
-from histo_lightning.entry import run
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    from histo_lightning.entry import (
+        run,
+    )  # torch and Lightning load here, after `--help` and the checks
+
     return run(cfg)
 
 

@@ -13,6 +13,10 @@ mistakes a user makes most into one ``error:`` line and exit code 2, like every 
   read-only file system): checked by creating and removing a scratch folder in the nearest existing
   folder, so nothing is left behind.
 
+``python run.py --help`` (or ``-h``) prints :func:`usage`: the command line, the experiments grouped by
+paper with one line each (from the method packages, :mod:`histo_lightning.methods`, and each experiment
+file's first comment line) and where the README is; Hydra's own help is ``--hydra-help``.
+
 Anything else, and every command with other Hydra flags (``--cfg``, ``--info``, ``-cn``, ...), is left to
 Hydra as before; ``HYDRA_FULL_ERROR=1`` skips the check so that Hydra's own traceback shows. In a
 sweep, every option of a swept config group is checked (``experiment=chsnet_demo,chsnet_dmeo``); other
@@ -31,6 +35,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
+README = CONF.parent / "README.md"
 CONFIG_NAME = "train"
 _PASS_FLAGS = ("-m", "--multirun", "-r", "--run")
 
@@ -191,8 +196,74 @@ def _explain_composition(single: list[str], multirun: bool = False) -> str | Non
     return _unwritable_folder(cfg, multirun)
 
 
+def experiment_line(path: Path, width: int = 96) -> str:
+    """The first comment line of an experiment file (``…`` when the comment goes on)."""
+    comments = []
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        if "@package" not in line:
+            comments.append(line.lstrip("#").strip())
+    if not comments:
+        return ""
+    first = comments[0]
+    more = len(comments) > 1 and not first.endswith(".")
+    if len(first) > width:
+        first, more = first[:width].rsplit(" ", 1)[0], True
+    return first + (" …" if more else "")
+
+
+def usage(conf_dirs: Sequence[Path] = (CONF,)) -> str:
+    """What ``python run.py --help`` prints (see the module docstring); ``conf_dirs``: the config folders
+    searched for ``experiment/<name>.yaml`` (a test adds its own)."""
+    from histo_lightning.methods import method_packages
+
+    files: dict[str, Path] = {}
+    for conf in reversed(conf_dirs):
+        files.update({p.stem: p for p in sorted((Path(conf) / "experiment").glob("*.yaml"))})
+
+    def listing(names: Sequence[str]) -> list[str]:
+        width = max((len(n) for n in names), default=0)
+        return [f"  {n:<{width}}  {experiment_line(files[n])}" for n in names]
+
+    lines = [
+        "usage: python run.py [experiment=NAME] [fold=K] [group=option ...] [key=value ...]",
+        "       python run.py -m experiment=NAME [key=a,b ...]   (a sweep; alone: the paper's protocol)",
+        "       python run.py experiment=NAME --cfg job          (print the composed config)",
+        "",
+        "Experiments (conf/experiment/), by paper:",
+    ]
+    listed: set[str] = set()
+    for package in method_packages():
+        names = [n for n in package.EXPERIMENTS if n in files]
+        folder = f"histo_lightning/methods/{package.__name__.rsplit('.', 1)[-1]}/"
+        lines += [
+            "",
+            f"{package.SUMMARY}  ({folder})",
+            f"  paper: {package.PAPER}",
+            *listing(names),
+        ]
+        listed.update(names)
+    others = sorted(set(files) - listed)
+    if others:
+        lines += ["", "Other experiments:", *listing(others)]
+    lines += [
+        "",
+        "Config groups (conf/<group>/): dataset, model, loss, embedding_loss, encoder, pipeline, split, "
+        "trainer,",
+        "  callbacks, logger, debug (debug=smoke: any experiment end to end in minutes), "
+        "hparams_search, local.",
+        f"Documentation: {README} (docs/architecture.md: where each method lives).",
+        "Hydra's own help: python run.py --hydra-help",
+    ]
+    return "\n".join(lines)
+
+
 def check_command_line(argv: Sequence[str]) -> None:
     """Exit with one ``error:`` line (code 2) for the command-line mistakes of the module docstring."""
+    if any(arg in ("--help", "-h") for arg in argv):
+        print(usage(), flush=True)
+        raise SystemExit(0)
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
         return
     if any(arg.startswith("-") and arg not in _PASS_FLAGS for arg in argv):
@@ -204,4 +275,4 @@ def check_command_line(argv: Sequence[str]) -> None:
         raise SystemExit(2)
 
 
-__all__ = ["check_command_line", "explain"]
+__all__ = ["check_command_line", "explain", "usage"]

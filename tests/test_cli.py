@@ -195,3 +195,25 @@ def test_ddp_inside_a_multirun_job(data_dir: Path, tmp_path: Path) -> None:
     # the extra rank neither started a sweep of its own nor a run folder elsewhere
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0_fold2"]
     assert not (logs / "breakhis_baseline" / "runs").exists()
+
+
+def test_help_prints_usage_experiments_by_paper_and_the_readme() -> None:
+    result = run_cli(["--help"], timeout=120)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert out.startswith("usage: python run.py")
+    assert f"Documentation: {ROOT / 'README.md'}" in out
+    from histo_lightning.methods import method_packages
+
+    experiments = {p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml")}
+    listed = [
+        line.split()[0] for line in out.splitlines() if line.startswith("  ") and line.split()
+    ]
+    for package in method_packages():
+        assert f"paper: {package.PAPER}" in out
+        for name in package.EXPERIMENTS:
+            assert name in listed
+    assert experiments <= set(listed)  # every experiment file once, with its first comment line
+    assert (
+        "chsnet_demo  " in out and "Hydra" in out and "_target_" not in out
+    )  # not Hydra's config dump

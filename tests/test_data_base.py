@@ -1,4 +1,4 @@
-"""The data-module contract (CONTRACTS.md C1) on every dataset: fingerprint, validation, predict sets."""
+"""The data-module contract (docs/CONTRACTS.md C1) on every dataset: fingerprint, validation, predict sets."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The supervised LightningModule base (CONTRACTS.md C2): plain hyper-parameters, checkpoints that load with
+"""The supervised LightningModule base (docs/CONTRACTS.md C2): plain hyper-parameters, checkpoints that load with
 ``weights_only=True``, and ``val/<monitor>_best`` that stays right across a resume from ``last.ckpt``."""
 
 from __future__ import annotations

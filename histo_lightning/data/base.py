@@ -1,6 +1,6 @@
 """The base every data module derives from, and the contract the run report and the stage runner read.
 
-:class:`DataContract` is what the rest of histo-lightning may rely on about any data module (CONTRACTS.md
+:class:`DataContract` is what the rest of histo-lightning may rely on about any data module (docs/CONTRACTS.md
 C1): its ``name``, whether it ``is_synthetic``, the images it ``skipped``, ``describe()`` (what
 ``run_info.json`` records), ``fingerprint()`` (what the samples of this fold are), ``has_validation()``,
 and ``predict_dataset(subset)`` / ``sample_manifest(subset)`` (the samples of a subset with evaluation

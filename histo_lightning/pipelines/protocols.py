@@ -1,4 +1,4 @@
-"""What a stage asks of the objects a method gives it, declared (contract C3 in ``docs/CONTRACTS.md``).
+"""What a stage asks of the objects a method gives it, declared (contract C4 in ``docs/CONTRACTS.md``).
 
 A predict stage runs an **inference-only** module (no fit: frozen weights or none, e.g. Rakhlin's
 :class:`~histo_lightning.methods.rakhlin.descriptors.DescriptorExtractor`, the MIL instance encoder

@@ -2,7 +2,7 @@
 
 :func:`write_run_report` writes them (the stage runner calls it on rank 0 once the last stage is done);
 :func:`log_hyperparameters` sends the resolved config to the loggers; :func:`scalars` turns logged
-metrics into floats. Contract C6 in ``docs/CONTRACTS.md``.
+metrics into floats. Contract C3 in ``docs/CONTRACTS.md``.
 """
 
 from __future__ import annotations
