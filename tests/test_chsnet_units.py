@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from histo_lightning.data.datasets.tupac16 import (
+from histo_lightning.data.sampling.mitosis_patches import (
     PatchSampling,
     build_patch_index,
     negative_windows,

@@ -1,4 +1,4 @@
-"""TUPAC16 mitosis data (auxiliary dataset): the reader, the CHS-Net patch index and the data module.
+"""TUPAC16 mitosis data (auxiliary dataset): the reader and the data module.
 
 **Layout** (``dataset.root`` is the folder that holds the unpacked parts)::
 
@@ -11,25 +11,10 @@ only the first two are read. A header line ``row,col`` is accepted although the 
 case is the patient: all HPFs of a case are in the same fold. Cases 01-23 (AMIDA13) come from one centre,
 24-48 and 49-73 from two others (CHS-Net §4.1). Predictions are written in the challenge's format, one
 ``<case>/<NN>.csv`` per HPF with ``row,col,confidence`` lines (the test set's submissions are
-``<case>/01.csv``), and as QuPath-importable GeoJSON (points as ``x = col, y = row``).
+``<case>/01.csv``), and as QuPath-importable GeoJSON (points as ``x = col, y = row``), by
+:mod:`histo_lightning.methods.chsnet.outputs`.
 
-**Patch index** (CHS-Net §3.4 and §4.2.1). Patches are never files: a patch is a row
-``(hpf, cy, cx, angle, label, original)`` of an index over the HPFs, which are held once in a
-memory-mapped cache (stain-normalised). ``cy, cx`` is the patch centre in HPF pixels (the patch covers
-rows ``cy-64 … cy+63``), ``angle`` a rotation in degrees. *Positives* (§3.4.1, §3.4.2, §4.2.1): a
-128×128 patch centred on every annotated mitosis (set S1), augmented *in the source image* so no patch
-has blank areas: ``n_translations`` (5) translated copies, each moved by a random length up to
-``max_translation`` (16 px) in a random direction (rounded to whole pixels), and every patch (original and
-translated) rotated ``n_rotations`` (6) times by random angles, each rotated patch cut from the original
-map around its centre (:func:`~histo_lightning.data.sampling.patching.extract_patch`), so its corners hold the
-surrounding tissue, not blank. That is (1 + 5) × (1 + 6) = 42 patches per mitosis; the paper's
-1522 → 65082 is 42.8 per mitosis. *Negatives* (§3.4.1 Eq. 8, §4.2.1 third step): a 128×128 window
-traverses each HPF from the upper left corner with stride 64 (window origins ``0, 64, …`` up to the last
-that fits). With S2 the 64×64 boxes centred on the mitoses (the "green box that can contain the whole
-mitotic cell"), a window whose IoA ``area(S2 box ∩ window) / area(window)`` is below 0.0625 for every S2
-box is a negative; otherwise it is ignored (neither positive nor negative). Since the window is 128×128,
-IoA ≥ 0.0625 means an overlap of at least 1024 px², e.g. a mitosis closer than 80 px (horizontally, when
-vertically aligned).
+**Patch index**: :mod:`histo_lightning.data.sampling.mitosis_patches` (CHS-Net §3.4, §4.2.1).
 
 **Data module** (:class:`Tupac16DataModule`). ``prepare_data`` (idempotent, file-locked steps) reads the
 dataset (or generates the synthetic one), writes/reads the case-level split file
@@ -53,9 +38,7 @@ Evaluation loaders use an unrepeated distributed sampler under DDP, so every pat
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +47,10 @@ import pandas as pd
 from torch.utils.data import DataLoader
 
 from histo_lightning.data.base import BaseDataModule, digest
-from histo_lightning.data.sampling.patching import centred_boxes, ioa, window_origins
+from histo_lightning.data.sampling.mitosis_patches import (
+    PatchSampling,
+    build_patch_index,
+)
 from histo_lightning.data.sampling.samplers import RatioSampler
 from histo_lightning.data.splits import patient_labels
 from histo_lightning.data.stain import build_normalizer
@@ -72,7 +58,6 @@ from histo_lightning.data.torch_datasets import HpfDataset, PatchDataset, first_
 from histo_lightning.errors import ConfigError, DatasetLayoutError
 from histo_lightning.stores.image_store import MemmapImageCache, files_key
 from histo_lightning.stores.keys import array_digest
-from histo_lightning.utils.io import atomic_path, write_text_atomic
 from histo_lightning.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -205,146 +190,6 @@ def scan_test_set(root: str | Path) -> pd.DataFrame:
         for image in sorted(p for p in case_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     ]
     return pd.DataFrame(rows, columns=["path", "case", "name"])
-
-
-def write_challenge_csv(path: str | Path, points: np.ndarray, confidence: np.ndarray) -> Path:
-    """``row,col,confidence`` lines (the TUPAC16 submission format), written atomically."""
-    points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-    lines = "".join(
-        f"{round(r)},{round(c)},{s:.4f}\n" for (r, c), s in zip(points, np.asarray(confidence))
-    )
-    return write_text_atomic(path, lines)
-
-
-def geojson_points(
-    points: np.ndarray, confidence: np.ndarray, name: str = "Mitosis", color=(220, 30, 30)
-) -> dict:
-    """A GeoJSON FeatureCollection of point annotations that QuPath imports (x = col, y = row)."""
-    features = [
-        {
-            "type": "Feature",
-            "geometry": {"type": "Point", "coordinates": [float(c), float(r)]},
-            "properties": {
-                "objectType": "annotation",
-                "classification": {"name": name, "color": list(color)},
-                "measurements": {"confidence": round(float(s), 4)},
-            },
-        }
-        for (r, c), s in zip(
-            np.asarray(points, dtype=np.float64).reshape(-1, 2), np.asarray(confidence)
-        )
-    ]
-    return {"type": "FeatureCollection", "features": features}
-
-
-def write_geojson(path: str | Path, points: np.ndarray, confidence: np.ndarray) -> Path:
-    """:func:`geojson_points` written atomically to ``path``."""
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(geojson_points(points, confidence)) + "\n")
-    return path
-
-
-# ---- the CHS-Net patch index (§3.4, §4.2.1) ------------------------------------------------------------
-PATCH_SIZE = 128
-INDEX_COLUMNS = ("hpf", "cy", "cx", "angle", "label", "original")
-
-
-@dataclass(frozen=True)
-class PatchSampling:
-    """The patch settings of §3.4 / §4.2.1 (the defaults are the paper's)."""
-
-    patch_size: int = PATCH_SIZE
-    negative_stride: int = 64
-    ioa_box: int = 64
-    ioa_threshold: float = 0.0625
-    n_translations: int = 5
-    max_translation: float = 16.0
-    n_rotations: int = 6
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.patch_size != PATCH_SIZE:
-            raise ValueError(
-                "CHS-Net patches are 128 x 128 (the network builds 64 x 64 views of them)"
-            )
-        if self.negative_stride < 1 or self.ioa_box < 1 or not 0 < self.ioa_threshold <= 1:
-            raise ValueError("negative_stride and ioa_box must be >= 1 and ioa_threshold in (0, 1]")
-        if self.n_translations < 0 or self.n_rotations < 0 or self.max_translation < 0:
-            raise ValueError("n_translations, n_rotations and max_translation must be >= 0")
-
-
-def negative_windows(
-    height: int, width: int, mitoses: np.ndarray, sampling: PatchSampling
-) -> tuple[np.ndarray, int]:
-    """Origins ``(K, 2)`` of the negative windows of one HPF and the number of ignored windows."""
-    origins = window_origins(height, width, sampling.patch_size, sampling.negative_stride)
-    if len(mitoses) == 0 or len(origins) == 0:
-        return origins, 0
-    windows = np.concatenate([origins, origins + sampling.patch_size], axis=1)
-    overlap = ioa(windows, centred_boxes(mitoses, sampling.ioa_box))
-    keep = (overlap < sampling.ioa_threshold).all(axis=1)
-    return origins[keep], int((~keep).sum())
-
-
-def positive_samples(
-    mitoses: np.ndarray, sampling: PatchSampling, rng: np.random.Generator
-) -> np.ndarray:
-    """``(K, 4)`` rows ``(cy, cx, angle, original)`` of the augmented positives of one HPF's mitoses."""
-    rows = []
-    for cy, cx in np.asarray(mitoses, dtype=np.float64).reshape(-1, 2):
-        length = rng.uniform(0.0, sampling.max_translation, sampling.n_translations)
-        direction = rng.uniform(0.0, 2 * np.pi, sampling.n_translations)
-        shifts = np.round(np.stack([length * np.sin(direction), length * np.cos(direction)], 1))
-        centres = np.concatenate([[[cy, cx]], np.array([cy, cx]) + shifts])
-        for k, (y, x) in enumerate(centres):
-            angles = rng.uniform(0.0, 360.0, sampling.n_rotations)
-            rows.append((y, x, 0.0, float(k == 0)))
-            rows.extend((y, x, float(a), 0.0) for a in angles)
-    return np.asarray(rows, dtype=np.float64).reshape(-1, 4)
-
-
-def build_patch_index(
-    shapes: np.ndarray, mitoses: list[np.ndarray], sampling: PatchSampling
-) -> tuple[pd.DataFrame, dict[str, int]]:
-    """The patch index of all HPFs and counts ``{"positives", "mitoses", "negatives", "ignored"}``.
-
-    Args:
-        shapes: ``(n_hpfs, 2)`` heights and widths.
-        mitoses: per HPF, the ``(K, 2)`` annotated ``(row, col)`` points.
-        sampling: the settings. Positives of HPF ``i`` use the random stream ``(seed, i)``, so an HPF's
-            positives do not change when other HPFs are added or dropped.
-    """
-    half = sampling.patch_size / 2
-    parts, counts = [], {"positives": 0, "mitoses": 0, "negatives": 0, "ignored": 0}
-    for i, ((height, width), points) in enumerate(zip(shapes, mitoses)):
-        rng = np.random.default_rng(np.random.SeedSequence([sampling.seed, i]))
-        positives = positive_samples(points, sampling, rng)
-        origins, ignored = negative_windows(int(height), int(width), points, sampling)
-        negatives = np.concatenate(
-            [origins + half, np.zeros((len(origins), 1)), np.ones((len(origins), 1))], axis=1
-        )
-        for rows, label in ((positives, 1), (negatives, 0)):
-            frame = pd.DataFrame(rows, columns=["cy", "cx", "angle", "original"])
-            frame.insert(0, "hpf", i)
-            frame["label"] = label
-            parts.append(frame)
-        counts["mitoses"] += len(points)
-        counts["positives"] += len(positives)
-        counts["negatives"] += len(origins)
-        counts["ignored"] += ignored
-    index = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=INDEX_COLUMNS)
-    index = index.astype(
-        {
-            "hpf": np.int32,
-            "cy": np.float32,
-            "cx": np.float32,
-            "angle": np.float32,
-            "label": np.int64,
-        }
-    )
-    index["original"] = index["original"].astype(bool)
-    return index[list(INDEX_COLUMNS)], counts
 
 
 # ---- the data module -----------------------------------------------------------------------------------
@@ -681,24 +526,15 @@ class Tupac16DataModule(BaseDataModule):
 __all__ = [
     "CENTRES",
     "IMAGE_DIR",
-    "INDEX_COLUMNS",
     "LABEL_DIR",
     "LAYOUT",
-    "PATCH_SIZE",
     "TEST_DIR",
-    "PatchSampling",
     "Tupac16DataModule",
-    "build_patch_index",
     "centre_of",
-    "geojson_points",
     "ground_truth_path",
     "hpf_path",
-    "negative_windows",
-    "positive_samples",
     "read_ground_truth",
     "scan_test_set",
     "scan_tupac16",
     "test_hpf_path",
-    "write_challenge_csv",
-    "write_geojson",
 ]

@@ -27,8 +27,8 @@ import pandas as pd
 import pytorch_lightning as pl
 
 from histo_lightning.callbacks.collect import TestOutputCollector
-from histo_lightning.data.datasets.tupac16 import write_challenge_csv, write_geojson
 from histo_lightning.methods.chsnet.detector import CURVE_THRESHOLDS
+from histo_lightning.methods.chsnet.outputs import write_challenge_csv, write_geojson
 from histo_lightning.methods.chsnet.overlays import detection_overlay
 from histo_lightning.metrics.detection import detection_scores, match_assignments
 from histo_lightning.reporting.plots import log_image, precision_recall_figure, save_figure
