@@ -8,6 +8,7 @@ mistakes a user makes most into one ``error:`` line and exit code 2, like every 
 * a key that does not exist (``trainer.max_epoch=3``): names it, suggests the closest existing key and
   says how to add a new one (``+key=value``);
 * an override Hydra cannot parse (``fold=[``);
+* a key or an experiment that moved (:data:`MOVED_KEYS`, :data:`RETIRED_EXPERIMENTS`): names the new one;
 * a folder the run must write that cannot be written: the run folder (``hydra.run.dir``, or
   ``hydra.sweep.dir`` with ``-m``), ``paths.cache_dir`` and ``paths.split_dir`` (a path through a file, a
   read-only file system): checked by creating and removing a scratch folder in the nearest existing
@@ -38,6 +39,51 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 README = CONF.parent / "README.md"
 CONFIG_NAME = "train"
 _PASS_FLAGS = ("-m", "--multirun", "-r", "--run")
+
+
+#: top-level keys that moved: ``old`` → the key that holds its settings now (None: removed, see the text)
+MOVED_KEYS: dict[str, str | None] = {
+    "rakhlin": "method",  # Rakhlin et al.'s settings: one method: node per experiment
+    "task": None,
+}
+MOVED_KEY_NOTES = {
+    "task": "python run.py always runs the stage runner on `pipeline` (choose pipeline=<name>)",
+}
+
+#: experiments replaced by a sweep: name → the command that runs it now
+_TABLE10 = "python run.py -m experiment=smse_paip hparams_search=smse_table10"
+RETIRED_EXPERIMENTS: dict[str, str] = {
+    f"smse_paip_{net}_{loss}": (
+        f"{_TABLE10} (this cell alone: experiment=smse_paip model=smse_{net} "
+        f"embedding_loss={embedding})"
+    )
+    for net in ("pnn2", "googlenet", "resnet")
+    for loss, embedding in (("ce", "none"), ("pair", "contrastive"), ("triplet", "triplet"))
+    if (net, loss) != ("pnn2", "triplet")
+}
+
+
+def moved(overrides: Sequence[str]) -> str | None:
+    """The one-line error for an override of a key or an experiment that moved, or None."""
+    for text in overrides:
+        key, sep, value = text.lstrip("+~").partition("=")
+        head, _, rest = key.partition(".")
+        if head in MOVED_KEYS:
+            new = MOVED_KEYS[head]
+            if new is None:
+                return f"{head}: removed; {MOVED_KEY_NOTES.get(head, '')}".rstrip("; ")
+            return (
+                f"{key}: moved to {new}{'.' + rest if rest else ''} (a method's settings are one "
+                f"`{new}:` node per experiment, docs/architecture.md)"
+            )
+        if key == "experiment" and sep:
+            for name in value.split(","):
+                if name.strip() in RETIRED_EXPERIMENTS:
+                    return (
+                        f"experiment={name.strip()}: replaced by a sweep: "
+                        f"{RETIRED_EXPERIMENTS[name.strip()]}"
+                    )
+    return None
 
 
 class CommandLineError(Exception):
@@ -125,6 +171,9 @@ def explain(overrides: Sequence[str], multirun: bool = False) -> str | None:
     Only the mistakes listed in the module docstring are explained; other failures return None
     (Hydra reports them itself). ``multirun``: the command has ``-m`` (the sweep folder is checked).
     """
+    message = moved(overrides)
+    if message is not None:
+        return message
     try:
         single, variants = _first_values(overrides)
     except CommandLineError as err:

@@ -415,8 +415,8 @@ CONFIG_CASES = {
         "model.net.input_views='both': expected one of stack, siamese",
     ),
     "carcinoma_rule": (
-        ["experiment=rakhlin_demo", "rakhlin.carcinoma_rule=mean"],
-        "rakhlin.carcinoma_rule='mean': expected one of max, sum",
+        ["experiment=rakhlin_demo", "method.carcinoma_rule=mean"],
+        "method.carcinoma_rule='mean': expected one of max, sum",
     ),
     "contrastive_form": (
         ["experiment=smse_breakhis_pair", "embedding_loss.form=cosine"],

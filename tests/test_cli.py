@@ -217,3 +217,15 @@ def test_help_prints_usage_experiments_by_paper_and_the_readme() -> None:
     assert (
         "chsnet_demo  " in out and "Hydra" in out and "_target_" not in out
     )  # not Hydra's config dump
+
+
+def test_moved_keys_fail_in_one_line_naming_the_new_key(tmp_path: Path) -> None:
+    result = run_cli(["experiment=rakhlin_demo", "rakhlin.views.seed=3"], timeout=120)
+    assert result.returncode == 2
+    assert _error_lines(result.stderr) == [
+        "error: rakhlin.views.seed: moved to method.views.seed (a method's settings are one "
+        "`method:` node per experiment, docs/architecture.md)"
+    ]
+    result = run_cli(["task=histo_lightning.pipelines.runner.run_pipeline"], timeout=120)
+    assert result.returncode == 2
+    assert _error_lines(result.stderr)[0].startswith("error: task: removed;")

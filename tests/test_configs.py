@@ -171,7 +171,11 @@ def _fold_repeat_pairs(jobs: list[list[str]]) -> list[tuple[int, int]]:
         (["experiment=chsnet"], 5, 1),  # CHS-Net §4.1: 5-fold cross-validation
         (["experiment=chsnet_single_demo"], 5, 1),
         (["experiment=smse_breakhis"], 5, 1),  # BreakHis' five folds
-        (["experiment=smse_paip_resnet_ce"], 1, 1),  # PAIP: one holdout split
+        (
+            ["experiment=smse_paip", "model=smse_resnet", "embedding_loss=none"],
+            1,
+            1,
+        ),  # PAIP: one holdout split
     ],
 )
 def test_each_paper_protocol_sweeps_its_folds_and_repetitions(

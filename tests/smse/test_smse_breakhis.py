@@ -225,3 +225,28 @@ def test_table_sweep_configs_compose() -> None:
             assert (cfg.loss.lam, cfg.loss.gamma) == (float(lam), float(gamma.replace("p", ".")))
             assert cfg.loss._target_.endswith("ReinforcedFocalLoss")
     GlobalHydra.instance().clear()
+
+
+def test_table10_is_a_sweep_and_the_old_experiments_name_it() -> None:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from histo_lightning.cli import explain
+    from tests.conftest import CONF
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        table10 = compose(
+            "train",
+            ["experiment=smse_paip", "hparams_search=smse_table10"],
+            return_hydra_config=True,
+        )
+        params = table10.hydra.sweeper.params
+        assert params["model"].split(",") == ["smse_pnn2", "smse_googlenet", "smse_resnet"]
+        assert params["embedding_loss"].split(",") == ["none", "contrastive", "triplet"]
+        assert list(table10.hydra.callbacks.smse_tables.layouts) == ["smse.table10"]
+    GlobalHydra.instance().clear()
+    message = explain(["experiment=smse_paip_resnet_ce"])
+    assert message is not None and "\n" not in message
+    assert "hparams_search=smse_table10" in message
+    assert "model=smse_resnet embedding_loss=none" in message

@@ -86,15 +86,15 @@ def check_config(cfg: Any) -> None:
     and a crop size (``experiment=rakhlin_single`` needs ``encoder=<name> crop=<px>``), and a run that
     classifies has at least one descriptor stage.
     """
-    rakhlin = cfg.rakhlin
+    settings = cfg.method
     try:
-        ViewSettings(**dict(rakhlin.views))
+        ViewSettings(**dict(settings.views))
     except TypeError as err:
-        raise ConfigError(f"rakhlin.views: {err}") from None
+        raise ConfigError(f"method.views: {err}") from None
     try:
-        BoostingSettings(**dict(rakhlin.lightgbm))
+        BoostingSettings(**dict(settings.lightgbm))
     except TypeError as err:
-        raise ConfigError(f"rakhlin.lightgbm: {err}") from None
+        raise ConfigError(f"method.lightgbm: {err}") from None
     pipeline = cfg.pipeline
     order = list(pipeline.get("order") or pipeline.stages.keys())
     running = [n for n in order if pipeline.stages[n].get("enabled", True)]
@@ -175,7 +175,7 @@ def fit_lightgbm(
     try:
         settings = BoostingSettings(**dict(lightgbm or {}))
     except TypeError as err:
-        raise ConfigError(f"rakhlin.lightgbm: {err}") from None
+        raise ConfigError(f"method.lightgbm: {err}") from None
     caches = descriptor_caches(ctx, descriptors)
     if len(rows["val"]):
         log.warning(

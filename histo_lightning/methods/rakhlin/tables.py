@@ -296,13 +296,23 @@ def averaged_submission(folds: Sequence[FoldResult]) -> pd.DataFrame | None:
 
 
 # ---- the registered layouts ------------------------------------------------------------------------------
+def method_settings(config: dict) -> dict | None:
+    """A job's Rakhlin settings: ``method:`` (``name: rakhlin``), or the top-level ``rakhlin:`` of sweeps
+    run before the one-``method:``-node convention."""
+    method = config.get("method")
+    if isinstance(method, dict) and method.get("name") == "rakhlin":
+        return method
+    old = config.get("rakhlin")
+    return old if isinstance(old, dict) else None
+
+
 def is_rakhlin(config: dict) -> bool:
-    return isinstance(config.get("rakhlin"), dict)
+    return method_settings(config) is not None
 
 
 def _setting_key(config: dict) -> tuple:
-    """Everything but the fold: experiment, ``rakhlin`` settings, split, dataset, pipeline."""
-    keys = ("task_name", "rakhlin", "split", "dataset", "pipeline")
+    """Everything but the fold: experiment, the method's settings, split, dataset, pipeline."""
+    keys = ("task_name", "method", "rakhlin", "split", "dataset", "pipeline")
     return tuple(json.dumps(config.get(k), sort_keys=True, default=str) for k in keys)
 
 
@@ -367,9 +377,9 @@ def layout_fig4(jobs: list[Job]) -> dict[str, Any]:
     sections, rows_json, settings, cells = [], [], [], []
     for k, (label, setting, folds) in enumerate(found):
         config = next(iter(setting.folds.values())).config
-        rakhlin = config["rakhlin"]
-        setpoints = [float(s) for s in rakhlin.get("setpoints", SETPOINTS)]
-        rule = str(rakhlin.get("carcinoma_rule", "max"))
+        settings = method_settings(config) or {}
+        setpoints = [float(s) for s in settings.get("setpoints", SETPOINTS)]
+        rule = str(settings.get("carcinoma_rule", "max"))
         pooled = pooled_metrics(folds, setpoints, rule)
         files = write_pooled_files(
             jobs[0].dir.parent,

@@ -16,12 +16,4 @@ EXPERIMENTS = (
     "smse_breakhis_pair",
     "smse_breakhis_ce",
     "smse_paip",
-    "smse_paip_pnn2_ce",
-    "smse_paip_pnn2_pair",
-    "smse_paip_googlenet_ce",
-    "smse_paip_googlenet_pair",
-    "smse_paip_googlenet_triplet",
-    "smse_paip_resnet_ce",
-    "smse_paip_resnet_pair",
-    "smse_paip_resnet_triplet",
 )
