@@ -76,7 +76,7 @@ def main() -> None:
     datamodule.setup("fit")
     screening = hydra.utils.instantiate(cfg.model.screening).inference_net().eval()
     refined = hydra.utils.instantiate(cfg.model.refined).inference_net().eval()
-    det = cfg.model.detection
+    det = cfg.method.detection
     gate = Passing(screening, args.screen_pass)
     detector = ChsnetCascadeDetector(
         refined, gate, det.screening_threshold, det.refined_threshold, det.stride, det.batch_size

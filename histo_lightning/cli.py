@@ -41,9 +41,23 @@ CONFIG_NAME = "train"
 _PASS_FLAGS = ("-m", "--multirun", "-r", "--run")
 
 
-#: top-level keys that moved: ``old`` → the key that holds its settings now (None: removed, see the text)
+#: keys that moved: ``old`` → the key that holds its settings now (None: removed, see the note); a key
+#: below an old one moves with it (``rakhlin.views.seed`` → ``method.views.seed``)
 MOVED_KEYS: dict[str, str | None] = {
-    "rakhlin": "method",  # Rakhlin et al.'s settings: one method: node per experiment
+    # a method's settings: one method: node per experiment (Rakhlin's were top-level, CHS-Net's in model)
+    "rakhlin": "method",
+    **{
+        f"model.{key}": f"method.{key}"
+        for key in (
+            "schedule",
+            "schedules",
+            "cascade",
+            "hard_example_mining",
+            "mining",
+            "refined_sampling",
+            "detection",
+        )
+    },
     "task": None,
 }
 MOVED_KEY_NOTES = {
@@ -67,14 +81,14 @@ def moved(overrides: Sequence[str]) -> str | None:
     """The one-line error for an override of a key or an experiment that moved, or None."""
     for text in overrides:
         key, sep, value = text.lstrip("+~").partition("=")
-        head, _, rest = key.partition(".")
-        if head in MOVED_KEYS:
-            new = MOVED_KEYS[head]
+        old = next((k for k in MOVED_KEYS if key == k or key.startswith(k + ".")), None)
+        if old is not None:
+            new = MOVED_KEYS[old]
             if new is None:
-                return f"{head}: removed; {MOVED_KEY_NOTES.get(head, '')}".rstrip("; ")
+                return f"{old}: removed; {MOVED_KEY_NOTES.get(old, '')}".rstrip("; ")
             return (
-                f"{key}: moved to {new}{'.' + rest if rest else ''} (a method's settings are one "
-                f"`{new}:` node per experiment, docs/architecture.md)"
+                f"{key}: moved to {new}{key[len(old) :]} (a method's settings are one "
+                "`method:` node per experiment, docs/architecture.md)"
             )
         if key == "experiment" and sep:
             for name in value.split(","):

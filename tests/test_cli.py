@@ -226,6 +226,13 @@ def test_moved_keys_fail_in_one_line_naming_the_new_key(tmp_path: Path) -> None:
         "error: rakhlin.views.seed: moved to method.views.seed (a method's settings are one "
         "`method:` node per experiment, docs/architecture.md)"
     ]
+    from histo_lightning.cli import explain
+
+    assert explain(["experiment=chsnet_demo", "model.detection.stride=16"]) == (
+        "model.detection.stride: moved to method.detection.stride (a method's settings are one "
+        "`method:` node per experiment, docs/architecture.md)"
+    )
+    assert explain(["experiment=chsnet_demo", "model.detection_report.overlays=false"]) is None
     result = run_cli(["task=histo_lightning.pipelines.runner.run_pipeline"], timeout=120)
     assert result.returncode == 2
     assert _error_lines(result.stderr)[0].startswith("error: task: removed;")

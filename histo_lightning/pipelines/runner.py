@@ -374,7 +374,7 @@ class PipelineRunner:
                 spec = dict(to_plain(spec))
                 import_function(spec.pop("fn"), "pipeline.checks.fn")(self.cfg, **spec)
 
-        # The method's own checks first: they name the key a user set (``model.schedule='fast'``)
+        # The method's own checks first: they name the key a user set (``method.schedule='fast'``)
         # rather than the interpolation that the wrong value leaves dangling elsewhere. A check that
         # itself meets a dangling interpolation defers to the generic check, which names it.
         try:

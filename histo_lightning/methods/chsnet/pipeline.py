@@ -13,10 +13,10 @@ The stages are declared in ``conf/pipeline/chsnet.yaml`` and run by
 4. ``04_detection`` (test): :class:`~histo_lightning.methods.chsnet.module.ChsnetCascadeDetector` on the held-out
    fold's whole HPFs (screening p > 0.80, refined p > 0.85, NMS, matching; §4.3), with the detection
    report; its ``test/*`` metrics are the run's ``metrics.json`` (a Table 3 row);
-5. ``05_detection_unlabelled`` (test, ``model.detection.unlabelled=true``): challenge-format predictions
+5. ``05_detection_unlabelled`` (test, ``method.detection.unlabelled=true``): challenge-format predictions
    for ``mitoses-test-image-data/``.
 
-``model.hard_example_mining`` and ``model.cascade`` select Table 4's ablations (without mining there is
+``method.hard_example_mining`` and ``method.cascade`` select Table 4's ablations (without mining there is
 one network; without a cascade the last trained network detects alone). This module holds only what is
 CHS-Net's own: the config check and the two data hooks (``data:`` of a stage; they act on that stage's
 own view of the data module, never on the data module the run shares).
@@ -41,25 +41,25 @@ log = get_logger(__name__)
 
 def check_config(cfg: DictConfig) -> None:
     """The CHS-Net settings fit together (``pipeline.checks``)."""
-    model = cfg.model
-    for key in (
-        "net",
-        "screening",
-        "refined",
-        "detection",
-        "mining",
-        "refined_sampling",
-        "detector",
-    ):
+    model, method = cfg.model, cfg.get("method")
+    for key in ("net", "screening", "refined", "detector"):
         if key not in model:
             raise ConfigError(f"model.{key} is missing: the CHS-Net pipeline needs model=chsnet")
-    schedules = list(model.get("schedules", {}).keys())
-    if model.get("schedule") not in schedules:
-        raise ConfigError(f"model.schedule={model.get('schedule')!r}: expected one of {schedules}")
-    if model.cascade and not model.hard_example_mining:
+    for key in ("detection", "mining", "refined_sampling"):
+        if not isinstance(method, DictConfig) or key not in method:
+            raise ConfigError(
+                f"method.{key} is missing: the CHS-Net pipeline needs the method settings of "
+                "experiment=chsnet (or an experiment derived from it)"
+            )
+    schedules = list(method.get("schedules", {}).keys())
+    if method.get("schedule") not in schedules:
         raise ConfigError(
-            "model.cascade=true needs model.hard_example_mining=true: the refined network trains on the "
-            "screening network's false positives (for one network use model.cascade=false)"
+            f"method.schedule={method.get('schedule')!r}: expected one of {schedules}"
+        )
+    if method.cascade and not method.hard_example_mining:
+        raise ConfigError(
+            "method.cascade=true needs method.hard_example_mining=true: the refined network trains on "
+            "the screening network's false positives (for one network use method.cascade=false)"
         )
     if cfg.get("ckpt_path"):
         raise ConfigError(
@@ -100,8 +100,8 @@ def use_unlabelled_test_set(ctx: StageContext) -> None:
     """Serve ``mitoses-test-image-data/`` as the test set (refused when the dataset has none)."""
     if ctx.datamodule.unlabelled_hpfs() is None:
         raise ConfigError(
-            f"model.detection.unlabelled=true but {ctx.datamodule.root} holds no unlabelled test set "
-            "(mitoses-test-image-data/<NN>/01.tif); set model.detection.unlabelled=false"
+            f"method.detection.unlabelled=true but {ctx.datamodule.root} holds no unlabelled test set "
+            "(mitoses-test-image-data/<NN>/01.tif); set method.detection.unlabelled=false"
         )
     ctx.datamodule.use_unlabelled_test_set(True)
 

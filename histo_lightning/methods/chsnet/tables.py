@@ -10,7 +10,7 @@
   folds: its precision 0.8649 = 877 / (877 + 137) and recall 0.5651 = 877 / (877 + 675) come from the
   Total row, its F1 0.6836 = 2·877 / (2·877 + 137 + 675), while the mean of its five fold F1s is 0.6741.
 * ``chsnet.table4`` (§4.4.2, Table 4): the ablations, one row per method (CHS-NET(CN+HEM+SFL), CN+HEM+FL,
-  CN+HEM+SM, HEM+SFL, SFL; from ``model.cascade``, ``model.hard_example_mining`` and the loss) with
+  CN+HEM+SM, HEM+SFL, SFL; from ``method.cascade``, ``method.hard_example_mining`` and the loss) with
   Recall(P/N), Precision and F1 of the counts pooled over the folds run (the paper: one fold). Combine the
   sweeps of ``chsnet``, ``chsnet_fl``, ``chsnet_ce``, ``chsnet_single_hem`` and ``chsnet_single``.
 
@@ -54,12 +54,14 @@ def is_chsnet(config: dict) -> bool:
 
 def method_label(config: dict) -> str:
     """Table 4's name of a job's method: CN (cascade) + HEM (hard-example mining) + the loss."""
-    model = config.get("model") or {}
+    # the method: node; sweeps run before the one-method:-node convention kept these under model:
+    method = config.get("method") if isinstance(config.get("method"), dict) else None
+    switches = method or config.get("model") or {}
     target = str((config.get("loss") or {}).get("_target_", "?"))
     loss = target.rsplit(".", 1)[-1]
     parts = [
-        *(["CN"] if model.get("cascade") else []),
-        *(["HEM"] if model.get("hard_example_mining") else []),
+        *(["CN"] if switches.get("cascade") else []),
+        *(["HEM"] if switches.get("hard_example_mining") else []),
         LOSS_NAMES.get(loss, loss),
     ]
     label = "+".join(parts)
