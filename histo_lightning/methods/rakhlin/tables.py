@@ -377,9 +377,9 @@ def layout_fig4(jobs: list[Job]) -> dict[str, Any]:
     sections, rows_json, settings, cells = [], [], [], []
     for k, (label, setting, folds) in enumerate(found):
         config = next(iter(setting.folds.values())).config
-        settings = method_settings(config) or {}
-        setpoints = [float(s) for s in settings.get("setpoints", SETPOINTS)]
-        rule = str(settings.get("carcinoma_rule", "max"))
+        own = method_settings(config) or {}
+        setpoints = [float(s) for s in own.get("setpoints", SETPOINTS)]
+        rule = str(own.get("carcinoma_rule", "max"))
         pooled = pooled_metrics(folds, setpoints, rule)
         files = write_pooled_files(
             jobs[0].dir.parent,
