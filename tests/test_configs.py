@@ -68,7 +68,9 @@ def test_every_model_runs_a_batch(model: str, make_cfg) -> None:
         module.loss(out["prob"], torch.tensor([0.0, 1.0])).backward()
         assert isinstance(module.configure_optimizers(), (torch.optim.Optimizer, dict))
         return
-    cfg = make_cfg([*SMOKE, f"model={model}"])
+    # model=chsnet's stage modules read their schedule from the CHS-Net experiment's method: node
+    method = ["experiment=chsnet"] if model == "chsnet" else []
+    cfg = make_cfg([*SMOKE, *method, f"model={model}"])
     if model == "chsnet":  # the pipeline's stage modules, on 128 x 128 mitosis patches
         cfg.model.net.width = 0.125
         module = hydra.utils.instantiate(cfg.model.screening)
