@@ -312,3 +312,62 @@ def test_bad_colon_input_gives_one_clear_line(
     assert result.returncode == 2, result.stderr[-2000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and expected in errors[0], result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("weights", ["/nonexistent/encoder.pth", "timm"])
+def test_fmb_with_encoder_features_and_no_weights_stops_in_seconds_naming_both_ways_out(
+    weights: str, tmp_path: Path
+) -> None:
+    """hnm.cluster_features=encoder without the encoder's weights offline: the pre-flight check (before
+    torch is imported) ends the run in one error line naming hnm.cluster_features=mil and
+    encoder.weights=<local file>; nothing is written."""
+    import time
+
+    start = time.monotonic()
+    result = run_cli(
+        [
+            "experiment=mil_hnm",
+            "dataset=colon_synthetic",
+            "hnm.cluster_features=encoder",
+            f"encoder.weights={weights}",
+            f"paths.data_dir={tmp_path / 'data'}",
+            f"paths.log_dir={tmp_path / 'logs'}",
+        ],
+        timeout=120,
+        env={"HF_HUB_CACHE": str(tmp_path / "empty_hub")},
+    )
+    elapsed = time.monotonic() - start
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr[-2000:]
+    assert "hnm.cluster_features=mil" in lines[0] and "encoder.weights=<local file>" in lines[0]
+    assert elapsed < 10, f"took {elapsed:.1f} s"
+    assert "torch" not in result.stdout and not (tmp_path / "logs").exists()
+
+
+def test_weights_availability_is_decided_offline(tmp_path: Path, monkeypatch) -> None:
+    from histo_lightning.utils.pretrained import timm_weights_cached, weights_problem
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert weights_problem("resnet18.tv_in1k", "random") is None
+    assert "not in the Hugging Face hub cache" in weights_problem("resnet18.tv_in1k", "timm")
+    snapshot = tmp_path / "hub" / "models--timm--resnet18.tv_in1k" / "snapshots" / "abc"
+    snapshot.mkdir(parents=True)
+    assert not timm_weights_cached("resnet18.tv_in1k")  # a snapshot without a weights file
+    (snapshot / "model.safetensors").write_bytes(b"x")
+    assert weights_problem("resnet18.tv_in1k", "timm") is None
+    assert timm_weights_cached("resnet18")  # no tag: any tag of the architecture
+    local = tmp_path / "w.pth"
+    assert weights_problem("resnet18", str(local)) == f"{local} is not a file"
+    local.write_bytes(b"x")
+    assert weights_problem("resnet18", str(local)) is None
+
+
+def test_fmb_clustering_the_mil_embeddings_never_builds_the_encoder(make_cfg) -> None:
+    """hnm.cluster_features=mil with an unusable encoder.weights: the bag features use the dataset
+    protocol's weights, encoder_features is off, and the run finishes."""
+    cfg = make_cfg([*TINY_HNM, "encoder.weights=/nonexistent", "dataset.protocol.epochs=1"])
+    metrics = run_pipeline(cfg)
+    assert "test/acc" in metrics
+    statuses = _statuses(cfg)
+    assert "encoder_features" not in statuses and statuses["embed"] == "ran"
