@@ -2,12 +2,17 @@
 
 Li et al.'s method as stages of the runner (:mod:`histo_lightning.pipelines.runner`)::
 
-    features  (predict)   every instance of the dataset through the frozen ``encoder`` into the SHARED
-                          feature cache (once per dataset and encoder: FMB's features, feature bags)
+    features  (predict)   feature bags: every instance through the frozen ``encoder`` architecture with the
+                          protocol's weights into the SHARED feature cache (once per dataset and encoder)
+    encoder_features      FMB with ``hnm.cluster_features=encoder``: the ``encoder`` as configured
     train     (fit)       the attention MIL model (stage 1)
+    inner_fit_i,          ``hnm.mine_on=out_of_fold``: inner folds of the training bags (:func:`inner_fold`;
+    inner_score_i         declared once with ``foreach``, :mod:`histo_lightning.pipelines.expand`)
     mine      (predict)   the training bags: probabilities and attention into the stage's cache; the
                           :class:`~histo_lightning.callbacks.mil_mining.HardNegativeMining` consumer applies
-                          Eq. 3 to the negative bags predicted positive (§3.0.2)
+                          Eq. 3 to the negative bags predicted positive (§3.0.2), on these predictions or
+                          the pooled out-of-fold ones
+    embed     (predict)   FMB with ``hnm.cluster_features=mil``: the stage-1 network's instance embeddings
     generate  (function)  :func:`generate_bags`: SB, MB or FMB (§3.0.3)
     retrain   (fit)       the training bags plus the generated negative bags (:func:`add_generated_bags`)
     test      (test)      the held-out fold, with the heatmap report
