@@ -184,7 +184,8 @@ def test_what_a_stage_data_hooks_set_stays_in_that_stage(toy_cfg) -> None:
     one_class = info["stages"]["fit"]["data"]["n"]["train"]
     assert 0 < one_class < 48  # the fit trained on its view: class 1 only
     assert metrics["count/train_samples"] == 48  # the stage after it sees the whole training set
-    assert info["data"]["n"]["train"] == 48 and "data" not in info["stages"]["count"]
+    # run_info's data: what the last fit stage trained on (its own view)
+    assert info["data"]["n"]["train"] == one_class and "data" not in info["stages"]["count"]
 
 
 def test_a_stage_with_the_old_setup_key_is_refused_in_one_line(toy_cfg) -> None:
