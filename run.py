@@ -13,11 +13,13 @@ from omegaconf import DictConfig
 
 import histo_lightning.utils.resolvers  # noqa: F401  (registers ${hl.root:} and friends)
 from histo_lightning.cli import check_command_line
-from histo_lightning.train import run
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    # torch and Lightning are imported here, after the command line and the pre-flight checks passed
+    from histo_lightning.train import run
+
     return run(cfg)
 
 
