@@ -17,9 +17,8 @@ from histo_lightning.cli import check_command_line
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    from histo_lightning.entry import (
-        run,
-    )  # torch and Lightning load here, after `--help` and the checks
+    # torch and Lightning are imported here, after the command line and the pre-flight checks passed
+    from histo_lightning.entry import run
 
     return run(cfg)
 

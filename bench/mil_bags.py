@@ -1,7 +1,7 @@
 """Attention MIL on a Colon-sized set: does the bag loader keep the train step busy, and what do mining
 and bag generation cost?
 
-    python bench/mil_bags.py [--bags 100] [--mean-size 224] [--steps 10]
+    python bench/mil_bags.py [--bags 100] [--mean-size 224] [--steps 10] [--e2e-bags 40] [--e2e-epochs 2]
 
 Builds a Colon-sized bag set in memory (100 bags, log-normal sizes around 224 instances: ~22k 27×27 RGB
 instances, like CRCHistoPhenotypes' 22,444 nuclei; random pixels, random 960-d features) and times
@@ -12,7 +12,13 @@ instances, like CRCHistoPhenotypes' 22,444 nuclei; random pixels, random 960-d f
    the model;
 2. Eq. 3 mining over all bags (every negative bag a false positive: the worst case) and SB / MB / FMB
    bag generation (FMB: K-means, c = 5, of the hard negatives' features), in seconds, against one
-   training epoch of feature bags.
+   training epoch of feature bags;
+3. end-to-end training of Ilse's CNN (softsign attention, λ = 2) on pixel bags through our stack
+   (:class:`~histo_lightning.models.mil.MILModule` with its loss, training accuracy and logging on a
+   Lightning ``Trainer``, the bag loader with augmentation) against a bare PyTorch loop of the same
+   network (same initial weights) on the same loader: Adam, the same clamped BCE, ``backward``, ``step``.
+   Bags/s of each (the best of ``--repeats`` alternating runs of ``--e2e-epochs`` epochs over
+   ``--e2e-bags`` bags) and the ratio stack/bare (goal ≥ 0.9: the stack adds at most 10 %).
 """
 
 from __future__ import annotations
@@ -78,6 +84,71 @@ def step_bags_per_second(net: torch.nn.Module, dataset, steps: int) -> float:
     return steps / (time.perf_counter() - start)
 
 
+def end_to_end(bags: BagArrays, epochs: int, repeats: int) -> tuple[float, float]:
+    """Bags/s of training Ilse's CNN through our stack and in a bare loop (see the module docstring)."""
+    import copy
+    import functools
+    import logging
+
+    import pytorch_lightning as pl
+
+    from histo_lightning.losses import ClampedBagBCE
+    from histo_lightning.models.mil import MILModule
+
+    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    dataset = InstanceBagDataset.from_bags(bags, augment=True)
+    torch.manual_seed(0)
+    initial = build_mil_classifier(
+        {"name": "ilse_cnn", "patch_size": 27}, pooling="softsign", aw_factor=2
+    )
+
+    def loader() -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(
+            dataset, batch_size=1, shuffle=True, collate_fn=dataset.collate_fn
+        )
+
+    def bare() -> float:
+        net = copy.deepcopy(initial).train()
+        loss_fn = ClampedBagBCE()
+        optimizer = torch.optim.Adam(net.parameters(), lr=5e-5, betas=(0.9, 0.999))
+        start = time.perf_counter()
+        for _ in range(epochs):
+            for batch in loader():
+                optimizer.zero_grad(set_to_none=True)
+                loss = loss_fn(net(batch["instances"], batch["mask"])["prob"], batch["label"])
+                loss.backward()
+                optimizer.step()
+        return epochs * len(dataset) / (time.perf_counter() - start)
+
+    def stack() -> float:
+        module = MILModule(
+            copy.deepcopy(initial),
+            ClampedBagBCE(),
+            functools.partial(torch.optim.Adam, lr=5e-5, betas=(0.9, 0.999)),
+        )
+        trainer = pl.Trainer(
+            accelerator="cpu",
+            devices=1,
+            max_epochs=epochs,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            log_every_n_steps=10,
+        )
+        start = time.perf_counter()
+        trainer.fit(module, train_dataloaders=loader())
+        return epochs * len(dataset) / (time.perf_counter() - start)
+
+    best_bare, best_stack = 0.0, 0.0
+    for _ in range(repeats):
+        best_bare = max(best_bare, bare())
+        best_stack = max(best_stack, stack())
+    return best_stack, best_bare
+
+
 def timed(fn):
     start = time.perf_counter()
     out = fn()
@@ -89,6 +160,13 @@ def main() -> None:
     parser.add_argument("--bags", type=int, default=100)
     parser.add_argument("--mean-size", type=float, default=224.0)
     parser.add_argument("--steps", type=int, default=10, help="bags timed per train step kind")
+    parser.add_argument(
+        "--e2e-bags", type=int, default=40, help="pixel bags of the end-to-end runs"
+    )
+    parser.add_argument("--e2e-epochs", type=int, default=2, help="epochs per end-to-end run")
+    parser.add_argument(
+        "--repeats", type=int, default=2, help="alternating end-to-end runs of each"
+    )
     args = parser.parse_args()
     torch.manual_seed(0)
     bags, features = colon_sized(args.bags, args.mean_size)
@@ -143,6 +221,16 @@ def main() -> None:
     ):
         print(f"{name:24s}{seconds:9.3f} s   {seconds / epoch:8.3f} × one feature-bag epoch")
     print(f"{'one feature-bag epoch':24s}{epoch:9.3f} s (train steps only)")
+
+    small, _ = colon_sized(args.e2e_bags, args.mean_size, seed=4)
+    stack, bare = end_to_end(small, args.e2e_epochs, args.repeats)
+    print(
+        f"\n3. end-to-end training, Ilse's CNN on pixel bags ({len(small)} bags, "
+        f"{small.n_instances} instances, {args.e2e_epochs} epochs, best of {args.repeats})"
+    )
+    print(f"{'our stack (MILModule + Trainer)':34s}{stack:8.2f} bags/s")
+    print(f"{'bare PyTorch loop':34s}{bare:8.2f} bags/s")
+    print(f"{'ratio stack / bare':34s}{stack / bare:8.3f}   (goal >= 0.9)")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,9 @@ mistakes a user makes most into one ``error:`` line and exit code 2, like every 
   says how to add a new one (``+key=value``);
 * an override Hydra cannot parse (``fold=[``);
 * a key or an experiment that moved (:data:`MOVED_KEYS`, :data:`RETIRED_EXPERIMENTS`): names the new one;
+* a pipeline's pre-flight check that fails (``pipeline.preflight``, :mod:`histo_lightning.utils.preflight`:
+  e.g. FMB clustering with an encoder whose weights are not available offline), before torch is
+  imported, so such a run ends within seconds;
 * a folder the run must write that cannot be written: the run folder (``hydra.run.dir``, or
   ``hydra.sweep.dir`` with ``-m``), ``paths.cache_dir`` and ``paths.split_dir`` (a path through a file, a
   read-only file system): checked by creating and removing a scratch folder in the nearest existing
@@ -256,6 +259,15 @@ def _explain_composition(single: list[str], multirun: bool = False) -> str | Non
         return _missing_key_message(str(err), single) or text
     except Exception:
         return None
+    from histo_lightning.errors import HistoError
+    from histo_lightning.utils.preflight import run_preflight
+
+    try:
+        run_preflight(cfg)
+    except HistoError as err:
+        return str(err)
+    except Exception:
+        pass  # not a pre-flight verdict: the job reports it
     return _unwritable_folder(cfg, multirun)
 
 

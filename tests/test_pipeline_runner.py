@@ -184,7 +184,8 @@ def test_what_a_stage_data_hooks_set_stays_in_that_stage(toy_cfg) -> None:
     one_class = info["stages"]["fit"]["data"]["n"]["train"]
     assert 0 < one_class < 48  # the fit trained on its view: class 1 only
     assert metrics["count/train_samples"] == 48  # the stage after it sees the whole training set
-    assert info["data"]["n"]["train"] == 48 and "data" not in info["stages"]["count"]
+    # run_info's data: what the last fit stage trained on (its own view)
+    assert info["data"]["n"]["train"] == one_class and "data" not in info["stages"]["count"]
 
 
 def test_a_stage_with_the_old_setup_key_is_refused_in_one_line(toy_cfg) -> None:
@@ -388,3 +389,54 @@ def test_a_parallel_sweep_on_a_cold_cache_finishes_both_jobs(tmp_path: Path) -> 
     assert sorted(e["computed"] for e in encode) == [0, 48]  # built once, never twice
     assert encode[0]["outputs"]["cache"] == encode[1]["outputs"]["cache"]
     assert FeatureCache.reopen(encode[0]["outputs"]["cache"]).complete
+
+
+def _foreach_pipeline(items) -> dict:
+    """draws once per item (``foreach``), each seeded by its own name, with ``{item}`` substituted."""
+    pipeline = copy.deepcopy(TOY_PIPELINE)
+    pipeline["stages"]["draws"] = {
+        "kind": "function",
+        "foreach": items,
+        "fn": "tests.pipeline_toy.random_draws",
+        "kwargs": {"label": "copy {item}"},
+    }
+    pipeline["order"] = ["fit", "draws", "embed", "report"]
+    return pipeline
+
+
+def test_a_foreach_stage_runs_once_per_item_as_named_stages(toy_cfg) -> None:
+    from histo_lightning.pipelines.expand import foreach_items
+
+    cfg = toy_cfg(pipeline=_foreach_pipeline("1,2,3"))
+    metrics = run_pipeline(cfg)
+    # expanded in its place in the order, one folder per copy, each its own stream (seeded by name)
+    assert list(_statuses(cfg)) == ["fit", "draws_1", "draws_2", "draws_3", "embed", "report"]
+    out = Path(cfg.paths.output_dir)
+    assert (out / "02_draws_1").is_dir() and (out / "04_draws_3").is_dir()
+    streams = [
+        tuple(v for k, v in sorted(metrics.items()) if k.startswith(f"draws_{i}/"))
+        for i in (1, 2, 3)
+    ]
+    assert all(streams) and len(set(streams)) == 3
+    info = _info(cfg)
+    assert info["stages"]["draws_2"]["status"] == "ran"
+    # a rerun skips every copy; one item more adds only its stage (and redoes the ones after it)
+    run_pipeline(toy_cfg(pipeline=_foreach_pipeline("1,2,3")))
+    assert set(_statuses(cfg).values()) == {"skipped"}
+    more = run_pipeline(toy_cfg(pipeline=_foreach_pipeline([1, 2, 3, 4])))
+    statuses = _statuses(cfg)
+    assert statuses["draws_3"] == "skipped" and statuses["draws_4"] == "ran"
+    assert {k: v for k, v in more.items() if k.startswith("draws_2/")} == {
+        k: v for k, v in metrics.items() if k.startswith("draws_2/")
+    }
+    # no item: no stage
+    empty = toy_cfg("empty", pipeline=_foreach_pipeline(None))
+    run_pipeline(empty)
+    assert list(_statuses(empty)) == ["fit", "embed", "report"]
+    assert foreach_items("s", 2) == [1, 2] and foreach_items("s", "a, b") == ["a", "b"]
+
+
+@pytest.mark.parametrize("items", ["1,1", True, 2.5, -1])
+def test_a_bad_foreach_is_refused_in_one_line(toy_cfg, items) -> None:
+    with pytest.raises(ConfigError, match=r"pipeline.stages.draws.foreach"):
+        run_pipeline(toy_cfg(pipeline=_foreach_pipeline(items)))

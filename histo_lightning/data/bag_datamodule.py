@@ -273,11 +273,13 @@ class BagDataModule(BaseDataModule):
 
     def predict_dataset(self, subset: str) -> Dataset:
         """``train``/``val``/``test``: the fold's bags, padded to the subset's largest bag;
-        ``instances``: every instance of the dataset (pixels), one item each."""
+        ``instances``: every instance of the dataset, one item each (pixels; its feature row when this
+        view uses feature bags)."""
         self._check_subset(subset)
         assert self.bags is not None
         if subset == INSTANCES:
-            return InstanceDataset(self.bags.instances, self.bags.instance_labels)
+            rows = self.features if self.features is not None else self.bags.instances
+            return InstanceDataset(rows, self.bags.instance_labels)
         return self.bag_dataset(self.bag_ids[subset], pad=True)
 
     def sample_manifest(self, subset: str) -> pd.DataFrame:

@@ -243,7 +243,8 @@ class InstanceDataset(Dataset):
     frozen encoder into the feature cache (FMB's features, feature bags).
 
     Items: ``{"index": i, "image": (3, H, W) float32 in [0, 1], "label": instance label}``; one-channel
-    instances (digits, MNIST) are repeated to three channels for RGB encoders.
+    instances (digits, MNIST) are repeated to three channels for RGB encoders. Over an ``(N, D)`` feature
+    matrix (a view that uses feature bags), ``image`` is the instance's feature row (float32).
     """
 
     def __init__(
@@ -258,10 +259,13 @@ class InstanceDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         row = int(self.rows[i])
+        label = -1 if self.labels is None else int(self.labels[row])
+        if np.ndim(self.instances) == 2:  # feature rows
+            vector = torch.from_numpy(np.asarray(self.instances[row], dtype=np.float32))
+            return {"index": i, "image": vector, "label": label}
         pixels = torch.from_numpy(np.array(self.instances[row])).permute(2, 0, 1).float() / 255.0
         if pixels.shape[0] == 1:
             pixels = pixels.expand(3, -1, -1).contiguous()
-        label = -1 if self.labels is None else int(self.labels[row])
         return {"index": i, "image": pixels, "label": label}
 
 

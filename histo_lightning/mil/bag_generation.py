@@ -14,9 +14,13 @@ bags are made for retraining:
 Bag sizes: ``round(N(μ, σ))`` with ``μ, σ`` the mean and (population) standard deviation of the training
 bag sizes, clipped to ``[Z_min, Z_max]``, the smallest and largest training bag (§3.0.3).
 
-Within a bag, instances are drawn without replacement while the pool (the hard negatives for MB, the
-cluster for FMB) is large enough, with replacement otherwise (so a bag can reach its drawn size when
-there are few hard negatives).
+A generated bag never holds the same instance twice (a bag is a set of instances; a repeated instance
+would only weigh more in the attention sum): instances are drawn without replacement, and a drawn size
+above the pool (the M hard negatives) is capped at M; FMB takes at most ``N_j`` instances from cluster
+``j`` and gives what a cluster cannot supply to the clusters with instances left (those furthest below
+their share ``size · P_j`` first). :attr:`GeneratedBags.capped` counts the bags whose drawn size was
+capped; ``generation.json`` reports it (few hard negatives: mining on the training bags often finds
+fewer hard negatives than a training bag holds).
 
 The paper leaves how FMB's "weighted sampling strategy" draws from the clusters open. Drawing each
 instance's cluster independently with ``P_j`` (``allocation="multinomial"``) and then an instance of it
@@ -62,6 +66,13 @@ class GeneratedBags:
     method: str
     members: list[np.ndarray]
     clusters: list[np.ndarray] = field(default_factory=list)
+    #: the sizes drawn before capping at the pool of hard negatives (MB, FMB)
+    drawn_sizes: list[int] = field(default_factory=list)
+
+    @property
+    def capped(self) -> int:
+        """How many bags were made smaller than their drawn size (the pool held fewer instances)."""
+        return sum(int(d > len(m)) for d, m in zip(self.drawn_sizes, self.members))
 
     @property
     def labels(self) -> np.ndarray:
@@ -79,6 +90,12 @@ class GeneratedBags:
             "instances": int(sizes.sum()),
             "unique_instances": len(np.unique(np.concatenate(self.members))) if self.members else 0,
             "bag_size": {"min": int(sizes.min()), "max": int(sizes.max())} if len(sizes) else {},
+            "capped_bags": self.capped,
+            **(
+                {"drawn_size": {"min": min(self.drawn_sizes), "max": max(self.drawn_sizes)}}
+                if self.drawn_sizes
+                else {}
+            ),
         }
 
 
@@ -89,8 +106,10 @@ def draw_bag_sizes(n: int, stats: BagSizeStats, rng: np.random.Generator) -> np.
 
 
 def _draw(pool: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    """``n`` elements of ``pool``: without replacement when possible, else with replacement."""
-    return rng.choice(pool, size=n, replace=n > len(pool))
+    """``n`` distinct elements of ``pool`` (``n ≤ len(pool)``: the callers cap it)."""
+    if n > len(pool):
+        raise ValueError(f"cannot draw {n} distinct instances from a pool of {len(pool)}")
+    return rng.choice(pool, size=n, replace=False)
 
 
 def _check_hard(hard: np.ndarray) -> np.ndarray:
@@ -111,7 +130,8 @@ def random_bags(
     """MB: ``n_bags`` bags of sizes from :func:`draw_bag_sizes`, instances drawn at random."""
     hard = _check_hard(np.asarray(hard))
     sizes = draw_bag_sizes(n_bags, stats, rng)
-    return GeneratedBags("MB", [_draw(hard, int(s), rng) for s in sizes])
+    members = [_draw(hard, min(int(s), len(hard)), rng) for s in sizes]
+    return GeneratedBags("MB", members, drawn_sizes=[int(s) for s in sizes])
 
 
 def kmeans_clusters(features: np.ndarray, n_clusters: int, seed: int = 0) -> np.ndarray:
@@ -142,6 +162,23 @@ def allocate(size: int, p: np.ndarray, rng: np.random.Generator, allocation: str
     return counts
 
 
+def cap_allocation(counts: np.ndarray, capacity: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """``counts`` per cluster with none above its ``capacity``: what a full cluster cannot supply goes,
+    one instance at a time, to the cluster with room that is furthest below its share ``p_j · size``
+    (ties: the lower index). ``counts.sum() ≤ capacity.sum()`` is required."""
+    counts = np.asarray(counts, dtype=np.int64).copy()
+    capacity = np.asarray(capacity, dtype=np.int64)
+    size = int(counts.sum())
+    if size > int(capacity.sum()):
+        raise ValueError(f"a bag of {size} from clusters of {capacity.sum()} instances in all")
+    excess = int(np.maximum(counts - capacity, 0).sum())
+    counts = np.minimum(counts, capacity)
+    for _ in range(excess):
+        deficit = np.where(counts < capacity, size * p - counts, -np.inf)
+        counts[int(np.argmax(deficit))] += 1
+    return counts
+
+
 def cluster_bags(
     hard: Sequence[int],
     clusters: Sequence[int],
@@ -167,14 +204,16 @@ def cluster_bags(
     p = counts / counts.sum()
     pools = [np.flatnonzero(clusters == j) for j in ids]
     members, member_clusters = [], []
-    for size in draw_bag_sizes(n_bags, stats, rng):
-        per_cluster = allocate(int(size), p, rng, allocation)
+    drawn = draw_bag_sizes(n_bags, stats, rng)
+    for size in drawn:
+        size = min(int(size), len(hard))
+        per_cluster = cap_allocation(allocate(size, p, rng, allocation), counts, p)
         positions = np.concatenate(
             [_draw(pool, int(n), rng) for pool, n in zip(pools, per_cluster) if n > 0]
         )
         members.append(hard[positions])
         member_clusters.append(clusters[positions])
-    return GeneratedBags("FMB", members, member_clusters)
+    return GeneratedBags("FMB", members, member_clusters, [int(s) for s in drawn])
 
 
 __all__ = [
@@ -182,6 +221,7 @@ __all__ = [
     "BagSizeStats",
     "GeneratedBags",
     "allocate",
+    "cap_allocation",
     "cluster_bags",
     "draw_bag_sizes",
     "kmeans_clusters",

@@ -119,9 +119,23 @@ class MILModule(SupervisedModule):
             "mask": batch["mask"],
         }
 
+    def instance_embeddings(self, images: Tensor) -> Tensor:
+        """Per-instance vectors of the trained MIL network (``hnm.cluster_features=mil``): the
+        instance encoder, then the attention network without its last layer
+        (:meth:`~histo_lightning.nets.mil.WeightedPooling.instance_embeddings`)."""
+        net = self.net
+        h = net.encoder(images)
+        pooling = getattr(net.pooling, "instance_embeddings", None)
+        return pooling(h) if callable(pooling) else h
+
     def predict_step(
         self, batch: Batch, batch_idx: int, dataloader_idx: int = 0
     ) -> dict[str, Tensor]:
+        if "instances" not in batch:  # single instances (subset `instances`): their embeddings
+            return {
+                "index": batch["index"],
+                "embeddings": self.instance_embeddings(batch["image"]).float(),
+            }
         out = self(batch["instances"], batch.get("mask"))
         prob, attention = out["prob"].float(), out["attention"].float()
         return {
@@ -139,10 +153,21 @@ class EncoderFeatures(pl.LightningModule):
     Li et al. §3.0.3: "the hard negative instances first go through a pre-trained CNN model to convert to
     feature vectors". ``input_size`` resizes the instances first (bilinear; None: as they are, a 27 px
     patch gives a 1×1 map at a CNN's last stage). :meth:`fingerprint` keys the cache.
+
+    ``encoder`` is a module, or (with ``_recursive_: false`` in the config) an encoder config built here,
+    with ``weights`` in place of its own when given: the MIL pipelines' bag features use the dataset
+    protocol's weights (``dataset.protocol.frozen_encoder_weights``) whatever ``encoder.weights`` (FMB's
+    pre-trained CNN) says, so a run that clusters with ``hnm.cluster_features=mil`` never loads those.
     """
 
-    def __init__(self, encoder: nn.Module, input_size: int | None = None) -> None:
+    def __init__(
+        self, encoder: Any, input_size: int | None = None, weights: str | None = None
+    ) -> None:
         super().__init__()
+        if not isinstance(encoder, nn.Module):
+            from histo_lightning.utils.instantiate import build
+
+            encoder = build(encoder, **({"weights": weights} if weights is not None else {}))
         self.encoder = encoder
         self.input_size = int(input_size) if input_size else None
 

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from histo_lightning.utils.choices import declare_choices
+from histo_lightning.utils.choices import BOOLEAN, Accepts, declare_choices
 
 ATTENTION_KINDS = ("tanh", "gated", "softsign")
 POOLINGS = (*ATTENTION_KINDS, "mean", "max")
@@ -181,19 +181,27 @@ def pseudo_negatives(weights: Tensor, mask: Tensor) -> Tensor:
     return (weights < mean * (1.0 - 1e-6)) & mask
 
 
-def adaptive_weighted_sum(h: Tensor, weights: Tensor, mask: Tensor, factor: float) -> Tensor:
+def adaptive_weighted_sum(
+    h: Tensor, weights: Tensor, mask: Tensor, factor: float, renormalise: bool = False
+) -> Tensor:
     """Li et al. Eq. 2: ``z = Σ_{j ∉ N_in} w_j g_j + λ Σ_{j ∈ N_in} w_j g_j``, ``λ = factor``.
 
     ``N_in`` (pseudo negatives) are the instances whose attention is below the bag's mean attention
     ("thresholding on the average weights", §3.0.1), found afresh in every forward pass. ``factor == 1``
-    is the plain attention sum (Ilse Eq. 7). The weights themselves are not renormalised.
+    is the plain attention sum (Ilse Eq. 7). As written, the weights are not renormalised, so ``z`` has a
+    different scale in training (λ applied) than in testing (not applied); ``renormalise`` divides the
+    scaled weights by their sum (``w'_j = s_j w_j / Σ s_k w_k``), so ``z`` stays a convex combination of
+    the embeddings in training and testing alike (a reading the paper does not give; an option).
     """
     if factor == 1.0:
         return torch.einsum("bn,bnm->bm", weights, h)
     scale = torch.where(
         pseudo_negatives(weights, mask), weights.new_tensor(factor), weights.new_tensor(1.0)
     )
-    return torch.einsum("bn,bnm->bm", weights * scale, h)
+    scaled = weights * scale
+    if renormalise:
+        scaled = scaled / scaled.sum(dim=1, keepdim=True).clamp_min(torch.finfo(scaled.dtype).tiny)
+    return torch.einsum("bn,bnm->bm", scaled, h)
 
 
 class WeightedPooling(nn.Module):
@@ -207,22 +215,31 @@ class WeightedPooling(nn.Module):
             reduced) is ``aw_factor=0.5`` (``1/λ``).
         aw_at_eval: also apply the weighting in evaluation (``model.eval()``); the paper speaks of
             "each training iteration", so the default is training only.
+        aw_renormalise: divide the λ-scaled weights by their sum (:func:`adaptive_weighted_sum`), so the
+            bag embedding has the same scale in training and testing.
     """
 
-    def __init__(self, aw_factor: float = 1.0, aw_at_eval: bool = False) -> None:
+    def __init__(
+        self, aw_factor: float = 1.0, aw_at_eval: bool = False, aw_renormalise: bool = False
+    ) -> None:
         super().__init__()
         if aw_factor <= 0:
             raise ValueError(f"aw_factor must be positive, got {aw_factor}")
         self.aw_factor = float(aw_factor)
-        self.aw_at_eval = aw_at_eval
+        self.aw_at_eval = bool(aw_at_eval)
+        self.aw_renormalise = bool(aw_renormalise)
 
     def scores(self, h: Tensor) -> Tensor:  # pragma: no cover - overridden
         raise NotImplementedError
 
+    def instance_embeddings(self, h: Tensor) -> Tensor:
+        """Per-instance vectors of the pooling's own learned representation (default: ``h`` itself)."""
+        return h
+
     def forward(self, h: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         weights = masked_softmax(self.scores(h), mask)
         factor = self.aw_factor if (self.training or self.aw_at_eval) else 1.0
-        return adaptive_weighted_sum(h, weights, mask, factor), weights
+        return adaptive_weighted_sum(h, weights, mask, factor, self.aw_renormalise), weights
 
 
 class AttentionPooling(WeightedPooling):
@@ -241,8 +258,9 @@ class AttentionPooling(WeightedPooling):
         kind: str = "tanh",
         aw_factor: float = 1.0,
         aw_at_eval: bool = False,
+        aw_renormalise: bool = False,
     ) -> None:
-        super().__init__(aw_factor, aw_at_eval)
+        super().__init__(aw_factor, aw_at_eval, aw_renormalise)
         if kind not in ATTENTION_KINDS:
             raise ValueError(f"attention kind {kind!r} is not one of {ATTENTION_KINDS}")
         self.kind = kind
@@ -250,15 +268,24 @@ class AttentionPooling(WeightedPooling):
         self.gate = nn.Linear(dim, hidden) if kind == "gated" else None  # U (Ilse Eq. 9)
         self.score = nn.Linear(hidden, 1)  # w (Ilse), v (Li)
 
-    def scores(self, h: Tensor) -> Tensor:
+    def hidden(self, h: Tensor) -> Tensor:
+        """The attention network's hidden layer (L values per instance): ``softsign(U h)`` (Li Eq. 1),
+        ``tanh(V h)`` (Ilse Eq. 8) or its gated form (Eq. 9)."""
         projected = self.project(h)
         if self.kind == "softsign":
-            hidden = F.softsign(projected)
-        else:
-            hidden = torch.tanh(projected)
-            if self.gate is not None:
-                hidden = hidden * torch.sigmoid(self.gate(h))
-        return self.score(hidden).squeeze(-1)
+            return F.softsign(projected)
+        hidden = torch.tanh(projected)
+        if self.gate is not None:
+            hidden = hidden * torch.sigmoid(self.gate(h))
+        return hidden
+
+    def instance_embeddings(self, h: Tensor) -> Tensor:
+        """The attention network without its last layer (``v``/``w``): what the MIL network learned about
+        each instance, also when its instance encoder is an identity over frozen features."""
+        return self.hidden(h)
+
+    def scores(self, h: Tensor) -> Tensor:
+        return self.score(self.hidden(h)).squeeze(-1)
 
 
 class MeanPooling(WeightedPooling):
@@ -364,13 +391,24 @@ def build_instance_encoder(spec: Mapping[str, Any] | nn.Module) -> nn.Module:
         raise ValueError(f"model.net.encoder ({name}): {err}") from None
 
 
-@declare_choices(pooling=POOLINGS, **{"encoder.name": tuple(ENCODERS)})
+def _positive(value: Any) -> bool:
+    return not isinstance(value, bool) and float(value) > 0
+
+
+@declare_choices(
+    pooling=POOLINGS,
+    aw_factor=Accepts("a positive number (Li Eq. 2's lambda; 1: off)", _positive),
+    aw_at_eval=BOOLEAN,
+    aw_renormalise=BOOLEAN,
+    **{"encoder.name": tuple(ENCODERS)},
+)
 def build_mil_classifier(
     encoder: Mapping[str, Any] | nn.Module,
     pooling: str = "tanh",
     attention_dim: int = 128,
     aw_factor: float = 1.0,
     aw_at_eval: bool = False,
+    aw_renormalise: bool = False,
     instance_chunk: int = 0,
 ) -> MILClassifier:
     """Encoder → pooling → linear head (``model.net`` of the ``mil_*`` model configs).
@@ -380,16 +418,21 @@ def build_mil_classifier(
         pooling: ``tanh`` (Ilse Eq. 8, the tables' "MIL Model"), ``gated`` (Ilse Eq. 9), ``softsign``
             (Li Eq. 1), ``mean`` or ``max``.
         attention_dim: L, the attention network's hidden size (Ilse: 128).
-        aw_factor, aw_at_eval: Li Eq. 2's λ and whether it also applies in evaluation (see
-            :class:`WeightedPooling`; ``mil_aw``: λ = 2, training only).
+        aw_factor, aw_at_eval, aw_renormalise: Li Eq. 2's λ, whether it also applies in evaluation,
+            and whether the scaled weights are renormalised (see :class:`WeightedPooling`; ``mil_aw``:
+            λ = 2, training only, not renormalised).
         instance_chunk: encode at most this many instances at once (0: all).
     """
     net = build_instance_encoder(encoder)
     dim = int(net.dim)
     if pooling in ATTENTION_KINDS:
-        pool: nn.Module = AttentionPooling(dim, attention_dim, pooling, aw_factor, aw_at_eval)
+        pool: nn.Module = AttentionPooling(
+            dim, attention_dim, pooling, aw_factor, aw_at_eval, aw_renormalise
+        )
     elif pooling == "mean":
-        pool = MeanPooling(dim, aw_factor=aw_factor, aw_at_eval=aw_at_eval)
+        pool = MeanPooling(
+            dim, aw_factor=aw_factor, aw_at_eval=aw_at_eval, aw_renormalise=aw_renormalise
+        )
     elif pooling == "max":
         if aw_factor != 1.0:
             raise ValueError("adaptive weighting (aw_factor != 1) needs weighted pooling, not max")

@@ -2,12 +2,17 @@
 
 Li et al.'s method as stages of the runner (:mod:`histo_lightning.pipelines.runner`)::
 
-    features  (predict)   every instance of the dataset through the frozen ``encoder`` into the SHARED
-                          feature cache (once per dataset and encoder: FMB's features, feature bags)
+    features  (predict)   feature bags: every instance through the frozen ``encoder`` architecture with the
+                          protocol's weights into the SHARED feature cache (once per dataset and encoder)
+    encoder_features      FMB with ``hnm.cluster_features=encoder``: the ``encoder`` as configured
     train     (fit)       the attention MIL model (stage 1)
+    inner_fit_i,          ``hnm.mine_on=out_of_fold``: inner folds of the training bags (:func:`inner_fold`;
+    inner_score_i         declared once with ``foreach``, :mod:`histo_lightning.pipelines.expand`)
     mine      (predict)   the training bags: probabilities and attention into the stage's cache; the
                           :class:`~histo_lightning.callbacks.mil_mining.HardNegativeMining` consumer applies
-                          Eq. 3 to the negative bags predicted positive (§3.0.2)
+                          Eq. 3 to the negative bags predicted positive (§3.0.2), on these predictions or
+                          the pooled out-of-fold ones
+    embed     (predict)   FMB with ``hnm.cluster_features=mil``: the stage-1 network's instance embeddings
     generate  (function)  :func:`generate_bags`: SB, MB or FMB (§3.0.3)
     retrain   (fit)       the training bags plus the generated negative bags (:func:`add_generated_bags`)
     test      (test)      the held-out fold, with the heatmap report
@@ -44,6 +49,11 @@ from histo_lightning.utils.logging import get_logger
 log = get_logger(__name__)
 
 METHODS = ("SB", "MB", "FMB")
+#: what FMB's K-means clusters (``hnm.cluster_features``)
+CLUSTER_FEATURES = ("encoder", "mil")
+#: which stage's cache holds those vectors
+CLUSTER_FEATURE_STAGES = {"encoder": "encoder_features", "mil": "embed"}
+INNER_PARTS = ("fit", "held_out")
 GENERATED_FILE = "generated_bags.npz"
 GENERATION_REPORT = "generation.json"
 
@@ -59,6 +69,44 @@ def use_instances(ctx: Any, feature_bags: bool = False, features_stage: str = "f
         return
     cache = _features_cache(ctx, features_stage)
     ctx.datamodule.use_features(cache.features(), source=f"feature cache {cache.folder.name}")
+
+
+def _is_inner_folds(value: Any) -> bool:
+    return not isinstance(value, bool) and int(value) == value and int(value) >= 2
+
+
+@declare_choices(
+    part=INNER_PARTS,
+    folds=Accepts("a number of inner folds of at least 2", _is_inner_folds),
+)
+def inner_fold(ctx: Any, fold: int, folds: int = 3, part: str = "fit", seed: int = 0) -> None:
+    """Data hook of ``hnm.mine_on=out_of_fold``: this stage's training bags are the fold's training
+    bags without inner fold ``fold`` (``part=fit``) or that inner fold alone (``part=held_out``).
+
+    The fold's training bags are dealt into ``folds`` inner folds stratified by bag label
+    (``StratifiedKFold``, shuffled with ``seed``; the same for every stage of the run), so every training
+    bag is scored once by a model that did not train on it. Validation bags stay the fold's own.
+    """
+    from sklearn.model_selection import StratifiedKFold
+
+    if part not in INNER_PARTS:
+        raise ConfigError(f"inner_fold part={part!r} is not one of {INNER_PARTS}")
+    view = ctx.datamodule
+    train = np.sort(np.asarray(view.bag_ids["train"]))
+    labels = np.asarray(view.bags.labels)[train]
+    folds, fold = int(folds), int(fold)
+    if not 1 <= fold <= folds:
+        raise ConfigError(f"inner fold {fold} is not in 1…{folds} (hnm.inner_folds={folds})")
+    if np.bincount(labels, minlength=2).min() < folds:
+        raise ConfigError(
+            f"hnm.inner_folds={folds}: the fold's {len(train)} training bags hold only "
+            f"{np.bincount(labels, minlength=2).min()} of one class; use fewer inner folds"
+        )
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=int(seed) % 2**32)
+    held_out = list(splitter.split(np.zeros(len(train)), labels))[fold - 1][1]
+    mask = np.zeros(len(train), dtype=bool)
+    mask[held_out] = True
+    view.bag_ids = {**view.bag_ids, "train": train[~mask] if part == "fit" else train[mask]}
 
 
 def resolve_n_bags(n_bags: int | str, false_positive_bags: int) -> int:
@@ -87,6 +135,7 @@ def _is_n_bags(value: Any) -> bool:
     allocation=ALLOCATIONS,
     n_bags=Accepts("a number of bags (at least 1) or 'false_positives'", _is_n_bags),
     clusters=COUNT,
+    cluster_features=CLUSTER_FEATURES,
 )
 def generate_bags(
     ctx: Any,
@@ -96,7 +145,7 @@ def generate_bags(
     allocation: str = "proportional",
     seed: int = 0,
     mining_stage: str = "mine",
-    features_stage: str = "features",
+    cluster_features: str = "mil",
 ) -> dict[str, Any]:
     """The generate stage: new negative bags from the mined hard negatives (Li et al. §3.0.3).
 
@@ -111,16 +160,29 @@ def generate_bags(
             :mod:`histo_lightning.mil.bag_generation`).
         seed: seeds bag sizes, draws and K-means.
         mining_stage: the predict stage whose consumer wrote ``hard_negatives.csv``.
-        features_stage: the predict stage of the instance features (FMB).
+        cluster_features: what FMB's K-means clusters (``hnm.cluster_features``). The paper: the hard
+            negatives "go through a pre-trained CNN model without the last layer" (§3.0.3): ``encoder``,
+            the frozen ``encoder`` group's features (stage ``encoder_features``; needs its weights, e.g.
+            ImageNet ones, which cannot be downloaded offline). ``mil``: the stage-1 MIL network, which
+            is pre-trained on this very task by the time mining runs, without its last layer: its
+            attention network's hidden layer per instance (stage ``embed``, :meth:`MILModule.
+            instance_embeddings`), needing no outside weights. Default ``mil`` (see the README's
+            measurements).
 
     Writes ``generated_bags.npz`` (``offsets``, ``members``: global instance indices, ``clusters``) and
-    ``generation.json``; an empty set of hard negatives (no false-positive bag) generates no bag.
+    ``generation.json`` (with ``capped_bags``: bags whose drawn size exceeded the pool of hard negatives,
+    so they hold all of them once); an empty set of hard negatives (no false-positive bag) generates no
+    bag.
     """
     method = str(method).upper()
     if method not in METHODS:
         raise ConfigError(f"hnm.method={method!r} is not one of {METHODS}")
     if allocation not in ALLOCATIONS:
         raise ConfigError(f"hnm.allocation={allocation!r} is not one of {ALLOCATIONS}")
+    if cluster_features not in CLUSTER_FEATURES:
+        raise ConfigError(
+            f"hnm.cluster_features={cluster_features!r} is not one of {CLUSTER_FEATURES}"
+        )
     mining = ctx.result(mining_stage)
     hard = pd.read_csv(mining.path("hard_negatives"))
     fp_bags = int(read_json(mining.path("report"))["false_positive_bags"])
@@ -131,6 +193,7 @@ def generate_bags(
         "method": method,
         "hard_negatives": len(instances),
         "false_positive_bags": fp_bags,
+        "mine_on": read_json(mining.path("report")).get("mine_on", "train"),
         "training_bag_sizes": stats.__dict__,
     }
     if len(instances) == 0:
@@ -147,10 +210,13 @@ def generate_bags(
         if method == "MB":
             generated = random_bags(instances, count, stats, rng)
         else:
-            features = np.asarray(_features_cache(ctx, features_stage).features()[instances])
+            stage = CLUSTER_FEATURE_STAGES[cluster_features]
+            features = np.asarray(_features_cache(ctx, stage).features()[instances])
             labels = kmeans_clusters(features.astype(np.float64), clusters, seed=int(seed))
             ids, sizes = np.unique(labels, return_counts=True)
             report["clusters"] = {
+                "features": cluster_features,
+                "dim": int(features.shape[1]),
                 "c": len(ids),
                 "requested": int(clusters),
                 "sizes": sizes.tolist(),
@@ -158,7 +224,14 @@ def generate_bags(
                 "allocation": allocation,
             }
             generated = cluster_bags(instances, labels, count, stats, rng, allocation)
-    report["generated"] = generated.describe() if generated.members else {"bags": 0}
+    report["generated"] = (
+        generated.describe() if generated.members else {"bags": 0, "capped_bags": 0}
+    )
+    if generated.capped:
+        log.info(
+            f"Stage {ctx.name}: {generated.capped} of {len(generated.members)} bag(s) drew a size above "
+            f"the {len(instances)} hard negatives and hold each of them once (capped)"
+        )
     members = generated.members
     offsets = np.concatenate([[0], np.cumsum([len(m) for m in members])]).astype(np.int64)
     flat = np.concatenate(members) if members else np.zeros(0, np.int64)
@@ -174,7 +247,11 @@ def generate_bags(
         f"{len(instances)} hard negatives"
     )
     return {
-        "metrics": {"bags": len(members), "instances": int(offsets[-1])},
+        "metrics": {
+            "bags": len(members),
+            "instances": int(offsets[-1]),
+            "capped_bags": generated.capped,
+        },
         "outputs": {"bags": GENERATED_FILE, "report": GENERATION_REPORT},
     }
 
@@ -195,9 +272,11 @@ def add_generated_bags(ctx: Any, stage: str = "generate") -> None:
 
 
 __all__ = [
+    "CLUSTER_FEATURES",
     "METHODS",
     "add_generated_bags",
     "generate_bags",
+    "inner_fold",
     "load_generated",
     "resolve_n_bags",
     "use_instances",

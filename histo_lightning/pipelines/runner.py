@@ -14,7 +14,9 @@ A stage is a ``fit`` (a LightningModule and the data module on a Trainer), a ``p
 ``Trainer.predict`` whose outputs a writer stores in a feature cache), a ``test`` or a plain ``function``
 (K-means, LightGBM, a report); see :mod:`histo_lightning.pipelines.stages` for each kind's keys. Stage
 objects are instantiated from config; the results of earlier stages are injected by name
-(``inject: {net: screening.inference_net}``).
+(``inject: {net: screening.inference_net}``). A stage declared with ``foreach: <items>`` runs once per
+item as the stages ``<name>_<item>`` (``{item}`` in its strings replaced; :mod:`.expand`), e.g. the fits
+of an inner cross-validation.
 
 Every stage works in its own folder ``<run>/<NN>_<name>/`` and ends by writing ``done.json`` atomically.
 Its fingerprint digests the stage's resolved config, the seed, the semantic trainer and dataset
@@ -326,7 +328,9 @@ class PipelineRunner:
         pipeline = cfg.get("pipeline")
         if not pipeline or not pipeline.get("stages"):
             raise ConfigError("pipeline.stages is empty: an experiment must declare its stages")
-        self.pipeline = pipeline
+        from histo_lightning.pipelines.expand import expand_pipeline
+
+        self.pipeline = expand_pipeline(cfg)  # `foreach` stages become one named stage per item
         self.datamodule: Any = None
         self.loggers: list = []
         self.results: dict[str, StageResult] = {}
@@ -352,6 +356,9 @@ class PipelineRunner:
 
         ``pipeline.checks`` is a list of ``{fn: package.module.function, ...kwargs}`` called as
         ``fn(cfg, **kwargs)`` before anything runs; they raise a ConfigError naming the key that is wrong.
+        ``pipeline.preflight`` checks are the same, but light (no torch, no timm): ``run.py`` calls them
+        right after composing the config, before the heavy imports (:func:`run_preflight`), and they run
+        here first too (a sweep job, ``HYDRA_FULL_ERROR=1``).
         """
         for name in self.stage_order():
             node = self.pipeline.stages[name]
@@ -368,6 +375,8 @@ class PipelineRunner:
         from omegaconf.errors import InterpolationKeyError
 
         from histo_lightning.utils.choices import check_config
+
+        run_preflight(self.cfg)
 
         def method_checks() -> None:
             for spec in self.pipeline.get("checks") or []:
@@ -572,6 +581,14 @@ class PipelineRunner:
                 },
             )
         return self.metrics
+
+
+def run_preflight(cfg: DictConfig) -> None:
+    """Call the pipeline's ``preflight`` checks (``fn(cfg, **kwargs)``; light: they import neither torch
+    nor timm): each raises a ConfigError naming what is wrong and the way out."""
+    from histo_lightning.utils.preflight import run_preflight as run_checks
+
+    run_checks(cfg)
 
 
 def optimized_metric(name: str, metrics: Mapping[str, float]) -> float:

@@ -20,6 +20,12 @@ instead: per repetition, every fold's test bags (``predictions.csv`` of the test
 once with the same ``BagMetrics``, then mean ± SE over the repetitions — no fold is left without positive
 predictions, and each bag weighs the same.
 
+Hard-negative mining (the rows of ``mil_hnm*``): a third table counts, per row, the folds (jobs) whose
+mining found no false-positive bag — those folds generate no bag, so SB, MB and FMB equal "Our Model"
+there — and the mean number of false-positive bags, hard negatives and generated bags per fold, the
+folds where a generated bag was capped at the pool of hard negatives, and what was mined
+(``hnm.mine_on``); from each job's ``run_info.json`` (the ``mine`` and ``generate`` stages).
+
 Sweeps of several MIL experiments at once (``-m experiment=mil_ilse,mil_aw,...``) get ``mil_tables.md``
 and ``.json`` after every job from :class:`MILTableCallback` (``conf/hydra/default.yaml``; a no-op for
 other sweeps); or ``python -m histo_lightning.reporting.tables <sweep dir> --layout mil.table1``.
@@ -152,6 +158,63 @@ def folds_without_positive_call(setting: Setting) -> int | None:
     return sum(1 for f in frames if not (f["prob"] > 0.5).any())
 
 
+def mining_counts(jobs: list[Job]) -> dict[str, Any] | None:
+    """Mining and generation counts over the finished jobs that mined (None when none did)."""
+    found = []
+    for job in jobs:
+        stages = (job.info or {}).get("stages") or {}
+        mine, generate = stages.get("mine"), stages.get("generate")
+        if not isinstance(mine, dict) or not isinstance(generate, dict):
+            continue
+        mined, made = mine.get("metrics") or {}, generate.get("metrics") or {}
+        found.append(
+            (
+                int(mined.get("mining/false_positive_bags", 0)),
+                int(mined.get("mining/hard_negatives", 0)),
+                int(made.get("generate/bags", 0)),
+                int(made.get("generate/capped_bags", 0)),
+                str(((job.config.get("hnm") or {}).get("mine_on")) or "train"),
+            )
+        )
+    if not found:
+        return None
+    fp, hard, bags, capped, mine_on = zip(*found)
+    return {
+        "folds": len(found),
+        "folds_without_false_positive_bag": sum(1 for n in fp if n == 0),
+        "mean_false_positive_bags": float(np.mean(fp)),
+        "mean_hard_negatives": float(np.mean(hard)),
+        "mean_generated_bags": float(np.mean(bags)),
+        "folds_with_capped_bags": sum(1 for n in capped if n > 0),
+        "mine_on": ",".join(sorted(set(mine_on))),
+    }
+
+
+MINING_HEADER = [
+    "Method",
+    "mined on",
+    "folds",
+    "folds with no FP bag",
+    "mean FP bags",
+    "mean hard negatives",
+    "mean generated bags",
+    "folds with capped bags",
+]
+
+
+def _mining_row(name: str, counts: dict[str, Any]) -> list[str]:
+    return [
+        name,
+        counts["mine_on"],
+        str(counts["folds"]),
+        str(counts["folds_without_false_positive_bag"]),
+        f"{counts['mean_false_positive_bags']:.2f}",
+        f"{counts['mean_hard_negatives']:.1f}",
+        f"{counts['mean_generated_bags']:.2f}",
+        str(counts["folds_with_capped_bags"]),
+    ]
+
+
 def _summaries(repeats: list[Setting], per_repeat) -> dict[str, dict[str, Any] | None]:
     values = [v for s in repeats if (v := per_repeat(s)) is not None]
     return {m: repeat_summary([v[m] for v in values if m in v and not math.isnan(v[m])]) for m in COLUMNS}  # fmt: skip
@@ -178,7 +241,7 @@ def build(jobs: list[Job], table: str) -> dict[str, Any]:
         label = " ".join(f"{k}={job.overrides[k]}" for k in differing if k in job.overrides)
         groups[(str(job.config.get("task_name")), label)].append(job)
     order = list(methods())
-    rows, pooled_rows, summaries, settings, cells = [], [], {}, [], []
+    rows, pooled_rows, mining_rows, summaries, settings, cells = [], [], [], {}, [], []
     for (method, label), members in sorted(groups.items(), key=lambda g: (order.index(g[0][0]), g[0][1])):  # fmt: skip
         repeats = sorted(
             group_jobs(members, lambda c: (int(c.get("repeat", 1)),)), key=lambda s: s.key[0]
@@ -195,6 +258,10 @@ def build(jobs: list[Job], table: str) -> dict[str, Any]:
         rows.append([name, *(_cell(fold_cells[m]) for m in COLUMNS), runs, "?" if zero is None else str(zero)])  # fmt: skip
         row = {"experiment": method, "setting": label}
         cells.append(make_cell(f"{name}, mean over folds", {**row, "aggregate": "folds"}, _values(fold_cells), members))  # fmt: skip
+        counts = mining_counts([job for s in repeats for _, job in s.finished()])
+        if counts is not None:
+            summaries[key]["mining"] = counts
+            mining_rows.append(_mining_row(name, counts))
         if any(pooled_cells.values()):
             summaries[key]["pooled"] = pooled_cells
             pooled_rows.append([name, *(_cell(pooled_cells[m]) for m in POOLED_COLUMNS), runs])
@@ -205,6 +272,8 @@ def build(jobs: list[Job], table: str) -> dict[str, Any]:
     if pooled_rows:
         pooled_header = ["Method", *(COLUMNS[m] for m in POOLED_COLUMNS), "folds × repeats"]
         sections.append(("Pooled over the folds of each repetition", markdown_table(pooled_header, pooled_rows)))  # fmt: skip
+    if mining_rows:
+        sections.append(("Hard-negative mining per fold (a fold with no FP bag generates no bag: there the row equals Our Model)", markdown_table(MINING_HEADER, mining_rows)))  # fmt: skip
     result = table_result(
         f"mil.{table}",
         f"{TITLES[table]}: {', '.join(names) or 'no jobs'}",
@@ -265,6 +334,7 @@ __all__ = [
     "build",
     "differing_overrides",
     "methods",
+    "mining_counts",
     "pooled_metrics",
     "sweep_folders",
     "table1",

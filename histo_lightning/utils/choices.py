@@ -87,6 +87,7 @@ def is_count(value: Any) -> bool:
 NUMBER = Accepts("a number", is_number)
 PROBABILITY = Accepts("a probability in [0, 1]", is_probability)
 COUNT = Accepts("an integer of at least 1", is_count)
+BOOLEAN = OneOf((True, False))
 
 
 def _spec(value: Spec | Sequence[Any]) -> Spec:
@@ -392,6 +393,7 @@ def check_config(cfg: DictConfig) -> None:
 
 
 __all__ = [
+    "BOOLEAN",
     "COUNT",
     "NUMBER",
     "PROBABILITY",

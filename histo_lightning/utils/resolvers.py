@@ -7,6 +7,8 @@
 * ``${hl.if:<condition>,<then>,<else>}``: ``then`` when the condition is true, else ``else`` (e.g. which
   stage's network a pipeline injects, by an ablation switch).
 * ``${hl.all:<a>,<b>,...}``: whether every argument is true (e.g. a stage enabled by two switches).
+* ``${hl.eq:<a>,<b>}``: whether two values are equal (strings compared case-insensitively), e.g. a stage
+  enabled by one value of a choice (``${hl.eq:${hnm.cluster_features},mil}``).
 * ``${hl.repeat_seed:<seed>,<repeat>}``: the seed of repetition ``repeat`` (1-based) of a protocol,
   ``seed + 1000 · (repeat − 1)`` (the MIL experiments reseed training with it, as their folds).
 * ``${hl.range:<n>}``: ``"1,2,…,n"``, a sweep over 1…n as Hydra's override grammar reads it: the
@@ -37,6 +39,12 @@ def _truth(value: Any) -> bool:
     return bool(value)
 
 
+def _eq(a: Any, b: Any) -> bool:
+    if isinstance(a, str) and isinstance(b, str):
+        return a.strip().lower() == b.strip().lower()
+    return a == b
+
+
 def _repeat_seed(seed: int, repeat: int) -> int:
     from histo_lightning.mil.folds import repeat_seed
 
@@ -57,6 +65,7 @@ def register() -> None:
     OmegaConf.register_new_resolver(
         "hl.all", lambda *values: all(map(_truth, values)), replace=True
     )
+    OmegaConf.register_new_resolver("hl.eq", _eq, replace=True)
     OmegaConf.register_new_resolver("hl.repeat_seed", _repeat_seed, replace=True)
     OmegaConf.register_new_resolver("hl.range", sweep_range, replace=True)
 

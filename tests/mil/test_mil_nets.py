@@ -123,6 +123,54 @@ def test_adaptive_weighting_applies_in_training_only_by_default() -> None:
     assert torch.allclose(pooling(h, mask)[0], z_train)
 
 
+def test_renormalised_adaptive_weighting_keeps_z_a_convex_combination() -> None:
+    w = torch.tensor([[0.5, 0.3, 0.2]])
+    g = torch.eye(3).unsqueeze(0)
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    # λ = 2: scaled weights 0.5, 0.6, 0.4 (sum 1.5), renormalised to 1/3, 0.4, 4/15
+    z = adaptive_weighted_sum(g, w, mask, factor=2.0, renormalise=True)
+    assert torch.allclose(z, torch.tensor([[0.5, 0.6, 0.4]]) / 1.5)
+    assert torch.allclose(z.sum(), torch.tensor(1.0))
+    pooling = AttentionPooling(6, hidden=4, kind="softsign", aw_factor=2.0, aw_renormalise=True)
+    h, mask = _bags()
+    z_train, weights = pooling.train()(h, mask)
+    scaled = weights * torch.where(pseudo_negatives(weights, mask), 2.0, 1.0)
+    expected = torch.einsum("bn,bnm->bm", scaled / scaled.sum(1, keepdim=True), h)
+    assert torch.allclose(z_train, expected, atol=1e-6)
+
+
+def test_instance_embeddings_are_the_attention_network_without_its_last_layer() -> None:
+    from histo_lightning.losses import ClampedBagBCE
+    from histo_lightning.models.mil import MILModule
+    from histo_lightning.nets.mil import build_mil_classifier
+
+    net = build_mil_classifier({"name": "identity", "dim": 6}, pooling="softsign", attention_dim=4)
+    module = MILModule(net, ClampedBagBCE(), torch.optim.Adam)
+    x = torch.randn(5, 6)
+    out = module.predict_step({"index": torch.arange(5), "image": x}, 0)
+    assert out["embeddings"].shape == (5, 4)
+    assert torch.allclose(out["embeddings"], F.softsign(net.pooling.project(x)))
+    # the attention scores are the last layer over exactly these
+    assert torch.allclose(net.pooling.score(out["embeddings"]).squeeze(-1), net.pooling.scores(x))
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("aw_factor", 0, "a positive number"),
+        ("aw_at_eval", "sometimes", "one of True, False"),
+        ("aw_renormalise", 2, "one of True, False"),
+    ],
+)
+def test_adaptive_weighting_options_are_declared_choices(key, value, expected) -> None:
+    from histo_lightning.errors import ConfigError
+    from histo_lightning.nets.mil import build_mil_classifier as target
+    from histo_lightning.utils.choices import check_arguments
+
+    with pytest.raises(ConfigError, match=expected):
+        check_arguments(target, {key: value})
+
+
 def test_mean_and_max_pooling_are_mask_aware() -> None:
     h, mask = _bags()
     z, w = MeanPooling()(h, mask)

@@ -42,7 +42,21 @@ TINY_HNM = [
     "fold=2",
     *QUIET,
 ]
-STAGES = ["features", "train", "mine", "generate", "retrain", "test"]
+# the stages that run by default (FMB clustering the stage-1 network's embeddings, mined on the training
+# bags), with their folder numbers (positions in the declared order: encoder_features is off)
+STAGES = {
+    "features": 1,
+    "train": 3,
+    "mine": 4,
+    "embed": 5,
+    "generate": 6,
+    "retrain": 7,
+    "test": 8,
+}
+
+
+def _folder(name: str) -> str:
+    return f"{STAGES[name]:02d}_{name}"
 
 
 def _info(cfg) -> dict:
@@ -60,20 +74,24 @@ def test_mil_hnm_runs_every_stage_skips_on_rerun_and_redoes_mining_when_k_change
     metrics = run_pipeline(cfg)
     out = Path(cfg.paths.output_dir)
     folders = sorted(p.name for p in out.iterdir() if p.is_dir() and p.name[0].isdigit())
-    assert folders == [f"{i:02d}_{name}" for i, name in enumerate(STAGES, start=1)]
+    assert folders == [_folder(name) for name in STAGES]
     assert all((out / f / "done.json").is_file() for f in folders)
     saved = json.loads((out / "metrics.json").read_text())
     for key in ("acc", "precision", "recall", "f1", "auroc", "fpr", "inst_auroc"):
         assert f"test/{key}" in saved
-    mining = json.loads((out / "03_mine" / "report.json").read_text())
+    mining = json.loads((out / _folder("mine") / "report.json").read_text())
     assert mining["false_positive_bags"] == mining["negative_bags"] > 0
-    assert mining["hard_negatives"] > 0 and (out / "03_mine" / "gallery.png").is_file()
-    generation = json.loads((out / "04_generate" / "generation.json").read_text())
+    assert mining["mine_on"] == "train"
+    assert mining["hard_negatives"] > 0 and (out / _folder("mine") / "gallery.png").is_file()
+    generation = json.loads((out / _folder("generate") / "generation.json").read_text())
     assert (
         generation["method"] == "FMB" and generation["generated"]["bags"] == mining["negative_bags"]
     )
+    # K-means on the stage-1 network's embeddings (its attention hidden layer, 128 values)
+    assert generation["clusters"]["features"] == "mil" and generation["clusters"]["dim"] == 128
+    assert generation["generated"]["capped_bags"] == metrics["generate/capped_bags"]
     assert metrics["generate/bags"] == mining["negative_bags"]
-    test_dir = out / "06_test"
+    test_dir = out / _folder("test")
     assert (test_dir / "predictions.csv").is_file() and (test_dir / "instances.csv").is_file()
     assert (
         len(list((test_dir / "heatmaps").glob("*.png")))
@@ -81,13 +99,16 @@ def test_mil_hnm_runs_every_stage_skips_on_rerun_and_redoes_mining_when_k_change
     )
     info = _info(cfg)
     assert info["synthetic_data"] is True and info["data"]["protocol"]["departures"]
+    assert info["pipeline"]["hnm"]["cluster_features"] == "mil"  # the choice, in the run's report
     # the retraining stage's own data view held the generated bags; the run's data module and the test
     # stage's view never did
     retrain = info["stages"]["retrain"]["data"]
     assert retrain["train"]["generated_negative_bags"] == mining["negative_bags"]
     assert retrain["instances"] == "features" and info["stages"]["test"]["data"]["test"]
     assert "generated_negative_bags" not in info["stages"]["test"]["data"]["train"]
-    assert "generated_negative_bags" not in info["data"]["train"]
+    assert "generated_negative_bags" not in info["stages"]["train"]["data"]["train"]
+    # run_info's data: what the last fit stage (retrain) trained on
+    assert info["data"]["train"]["generated_negative_bags"] == mining["negative_bags"]
     assert info["data"]["totals"]["key_instances"] > 0
 
     again = run_pipeline(make_cfg(TINY_HNM))
@@ -99,11 +120,74 @@ def test_mil_hnm_runs_every_stage_skips_on_rerun_and_redoes_mining_when_k_change
         "features": "skipped",
         "train": "skipped",
         "mine": "ran",
+        "embed": "ran",
         "generate": "ran",
         "retrain": "ran",
         "test": "ran",
     }
-    assert json.loads((out / "03_mine" / "report.json").read_text())["k"] == 2.0
+    assert json.loads((out / _folder("mine") / "report.json").read_text())["k"] == 2.0
+
+
+def test_out_of_fold_mining_scores_every_training_bag_once_with_an_inner_model(make_cfg) -> None:
+    """hnm.mine_on=out_of_fold: `foreach` expands inner_fit/inner_score into one stage per inner fold;
+    each training bag is scored by the inner model that did not train on it, and mining reads those
+    pooled scores. FMB clusters the frozen encoder's features (hnm.cluster_features=encoder)."""
+    import pandas as pd
+
+    cfg = make_cfg(
+        [
+            *TINY_HNM,
+            "hnm.threshold=0.5",
+            "hnm.mine_on=out_of_fold",
+            "hnm.inner_folds=2",
+            "hnm.cluster_features=encoder",
+        ]
+    )
+    run_pipeline(cfg)
+    out = Path(cfg.paths.output_dir)
+    statuses = _statuses(cfg)
+    assert list(statuses) == [
+        "features",
+        "encoder_features",
+        "train",
+        "inner_fit_1",
+        "inner_fit_2",
+        "inner_score_1",
+        "inner_score_2",
+        "mine",
+        "generate",
+        "retrain",
+        "test",
+    ]
+    info = _info(cfg)
+    train_bags = info["stages"]["train"]["data"]["train"]["bags"]
+    fits = [info["stages"][f"inner_fit_{i}"]["data"]["train"]["bags"] for i in (1, 2)]
+    scored = [info["stages"][f"inner_score_{i}"]["rows"] for i in (1, 2)]
+    # inner fold i: fitted without its bags, scored on them; together every training bag once
+    assert sum(scored) == train_bags and [f + s for f, s in zip(fits, scored)] == [train_bags] * 2
+    mine_dir = out / info["stages"]["mine"]["folder"]
+    report = json.loads((mine_dir / "report.json").read_text())
+    assert report["mine_on"] == "out_of_fold" and report["training_bags"] == train_bags
+    bags = pd.read_csv(mine_dir / "bags.csv")
+    assert len(bags) == train_bags and bags["bag_name"].is_unique
+    # the probabilities mined are the inner models' (each bag's from the model that left it out)
+    from histo_lightning.callbacks.mil_mining import bag_outputs
+    from histo_lightning.stores.feature_cache import FeatureCache
+
+    inner: dict[str, float] = {}
+    for i in (1, 2):
+        stage = info["stages"][f"inner_score_{i}"]
+        cache = FeatureCache.reopen(out / stage["folder"] / stage["outputs"]["cache"])
+        manifest, probs, _, _ = bag_outputs(cache)
+        inner.update(zip(manifest["patient"], probs))
+    mined = bags.set_index("bag_name")["prob"]
+    assert np.allclose([mined[name] for name in inner], list(inner.values()), atol=1e-6)
+    generation = json.loads(
+        (out / info["stages"]["generate"]["folder"] / "generation.json").read_text()
+    )
+    assert generation["mine_on"] == "out_of_fold"
+    if generation["hard_negatives"] and generation["method"] == "FMB":
+        assert generation["clusters"]["features"] == "encoder"
 
 
 def test_mil_hnm_gives_identical_metrics_cold_warm_and_killed_during_retraining(
@@ -228,3 +312,62 @@ def test_bad_colon_input_gives_one_clear_line(
     assert result.returncode == 2, result.stderr[-2000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and expected in errors[0], result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("weights", ["/nonexistent/encoder.pth", "timm"])
+def test_fmb_with_encoder_features_and_no_weights_stops_in_seconds_naming_both_ways_out(
+    weights: str, tmp_path: Path
+) -> None:
+    """hnm.cluster_features=encoder without the encoder's weights offline: the pre-flight check (before
+    torch is imported) ends the run in one error line naming hnm.cluster_features=mil and
+    encoder.weights=<local file>; nothing is written."""
+    import time
+
+    start = time.monotonic()
+    result = run_cli(
+        [
+            "experiment=mil_hnm",
+            "dataset=colon_synthetic",
+            "hnm.cluster_features=encoder",
+            f"encoder.weights={weights}",
+            f"paths.data_dir={tmp_path / 'data'}",
+            f"paths.log_dir={tmp_path / 'logs'}",
+        ],
+        timeout=120,
+        env={"HF_HUB_CACHE": str(tmp_path / "empty_hub")},
+    )
+    elapsed = time.monotonic() - start
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr[-2000:]
+    assert "hnm.cluster_features=mil" in lines[0] and "encoder.weights=<local file>" in lines[0]
+    assert elapsed < 10, f"took {elapsed:.1f} s"
+    assert "torch" not in result.stdout and not (tmp_path / "logs").exists()
+
+
+def test_weights_availability_is_decided_offline(tmp_path: Path, monkeypatch) -> None:
+    from histo_lightning.utils.pretrained import timm_weights_cached, weights_problem
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert weights_problem("resnet18.tv_in1k", "random") is None
+    assert "not in the Hugging Face hub cache" in weights_problem("resnet18.tv_in1k", "timm")
+    snapshot = tmp_path / "hub" / "models--timm--resnet18.tv_in1k" / "snapshots" / "abc"
+    snapshot.mkdir(parents=True)
+    assert not timm_weights_cached("resnet18.tv_in1k")  # a snapshot without a weights file
+    (snapshot / "model.safetensors").write_bytes(b"x")
+    assert weights_problem("resnet18.tv_in1k", "timm") is None
+    assert timm_weights_cached("resnet18")  # no tag: any tag of the architecture
+    local = tmp_path / "w.pth"
+    assert weights_problem("resnet18", str(local)) == f"{local} is not a file"
+    local.write_bytes(b"x")
+    assert weights_problem("resnet18", str(local)) is None
+
+
+def test_fmb_clustering_the_mil_embeddings_never_builds_the_encoder(make_cfg) -> None:
+    """hnm.cluster_features=mil with an unusable encoder.weights: the bag features use the dataset
+    protocol's weights, encoder_features is off, and the run finishes."""
+    cfg = make_cfg([*TINY_HNM, "encoder.weights=/nonexistent", "dataset.protocol.epochs=1"])
+    metrics = run_pipeline(cfg)
+    assert "test/acc" in metrics
+    statuses = _statuses(cfg)
+    assert "encoder_features" not in statuses and statuses["embed"] == "ran"

@@ -135,3 +135,46 @@ def test_two_settings_of_one_experiment_are_two_rows_and_folds_pool(tmp_path: Pa
     # the paper comparison under the table: both settings beside "Our Model", fold mean and pooled
     assert "Our Model (model.net.aw_factor=0.5), pooled over folds" in text
     assert "| Li et al., Table 1 | Our Model | Precision | 0.912 ± 0.010 | 0.500 (n=1) | -0.412 | no |" in text  # fmt: skip
+
+
+def test_the_mining_table_counts_folds_without_false_positive_bags(tmp_path: Path) -> None:
+    """Per row: folds with no false-positive bag (there SB/MB/FMB equal Our Model), mean FP bags, hard
+    negatives and generated bags, folds with a capped generated bag, from each job's run_info.json."""
+    sweep = tmp_path / "sweep"
+    # (mine_on, fold, FP bags, hard negatives, generated bags, capped bags)
+    runs = [
+        ("train", 1, 0, 0, 0, 0),
+        ("train", 2, 2, 10, 2, 2),
+        ("out_of_fold", 1, 4, 30, 4, 1),
+        ("out_of_fold", 2, 6, 50, 6, 0),
+    ]
+    for n, (mine_on, fold, fp, hard, made, capped) in enumerate(runs):
+        folder = job(sweep, n, "mil_hnm", fold, 1, 0.5, (f"hnm.mine_on={mine_on}",))
+        config = yaml.safe_load((folder / ".hydra" / "config.yaml").read_text())
+        config["hnm"] = {"mine_on": mine_on}
+        (folder / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+        info = json.loads((folder / "run_info.json").read_text())
+        info["stages"] = {
+            "mine": {"metrics": {"mining/false_positive_bags": fp, "mining/hard_negatives": hard}},
+            "generate": {"metrics": {"generate/bags": made, "generate/capped_bags": capped}},
+        }
+        (folder / "run_info.json").write_text(json.dumps(info))
+    job(sweep, 9, "mil_aw", 1, 1, 0.6)  # no mining: no row in the mining table
+    report = build_report([sweep], ["mil.table1"])
+    rows = report["tables"][0]["rows"]
+    train = rows["mil_hnm (hnm.mine_on=train)"]["mining"]
+    assert train == {
+        "folds": 2,
+        "folds_without_false_positive_bag": 1,
+        "mean_false_positive_bags": 1.0,
+        "mean_hard_negatives": 5.0,
+        "mean_generated_bags": 1.0,
+        "folds_with_capped_bags": 1,
+        "mine_on": "train",
+    }
+    oof = rows["mil_hnm (hnm.mine_on=out_of_fold)"]["mining"]
+    assert oof["folds_without_false_positive_bag"] == 0 and oof["mean_hard_negatives"] == 40.0
+    assert "mining" not in rows["mil_aw"]
+    [(_, md)] = write_tables(sweep)
+    text = md.read_text()
+    assert "folds with no FP bag" in text and "| 1 | 1.00 | 5.0 | 1.00 | 1 |" in text

@@ -8,6 +8,7 @@ import pytest
 from histo_lightning.mil.bag_generation import (
     BagSizeStats,
     allocate,
+    cap_allocation,
     cluster_bags,
     draw_bag_sizes,
     kmeans_clusters,
@@ -76,12 +77,33 @@ def test_random_bags_respect_sizes_hard_negatives_and_labels() -> None:
     assert len(bags.members) == 300 and (bags.labels == 0).all() and bags.method == "MB"
     assert bags.sizes.min() >= 2 and bags.sizes.max() <= 9
     assert all(set(m.tolist()) <= set(hard.tolist()) for m in bags.members)
-    # without replacement while the pool is large enough
-    small = [m for m in bags.members if len(m) <= len(hard)]
-    assert all(len(set(m.tolist())) == len(m) for m in small)
-    # more instances than hard negatives: drawn with replacement to reach the size
+    # a bag never holds an instance twice; sizes above the pool (7) are capped and counted
+    assert all(len(set(m.tolist())) == len(m) for m in bags.members)
+    assert bags.sizes.max() <= len(hard) and bags.capped == sum(s > 7 for s in bags.drawn_sizes) > 0
     big = random_bags(hard[:3], 5, BagSizeStats(8.0, 0.0, 8, 8), np.random.default_rng(0))
-    assert (big.sizes == 8).all()
+    assert (big.sizes == 3).all() and big.capped == 5
+    assert big.describe()["capped_bags"] == 5 and big.describe()["drawn_size"] == {
+        "min": 8,
+        "max": 8,
+    }
+
+
+def test_fmb_bags_never_repeat_an_instance_and_fill_from_other_clusters() -> None:
+    hard, features, _ = _clustered((6, 3, 1))  # 10 hard negatives; bags of 8 to 20 drawn
+    clusters = kmeans_clusters(features, 3, seed=0)
+    stats = BagSizeStats(mean=12.0, std=4.0, z_min=8, z_max=20)
+    bags = cluster_bags(hard, clusters, 200, stats, np.random.default_rng(2), "proportional")
+    assert all(len(set(m.tolist())) == len(m) for m in bags.members)
+    assert bags.sizes.max() == 10 and bags.sizes.min() >= 8
+    # every bag got min(drawn size, 10) instances, each cluster at most its own size
+    assert bags.sizes.tolist() == [min(d, 10) for d in bags.drawn_sizes]
+    _, n_j = np.unique(clusters, return_counts=True)
+    assert all((np.bincount(c, minlength=3) <= n_j).all() for c in bags.clusters)
+    assert bags.capped == sum(d > 10 for d in bags.drawn_sizes) > 0
+    # a full cluster's share goes to the cluster furthest below its share
+    assert cap_allocation(
+        np.array([5, 1, 0]), np.array([3, 3, 3]), np.array([0.5, 0.3, 0.2])
+    ).tolist() == [3, 2, 1]
 
 
 def _clustered(n_per: tuple[int, ...] = (60, 30, 10)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
