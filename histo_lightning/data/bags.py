@@ -4,7 +4,7 @@ A bag is a list of global instance indices (``members``) into an instance array 
 instances of an :class:`~histo_lightning.stores.instance_store.InstanceStore` / ``BagArrays``, or a feature
 matrix ``N × D`` (e.g. the feature cache's memmap, rows aligned with the store's instances). A dataset
 bag is usually one image's contiguous range (``Bags.all_members()``), but generated hard-negative bags
-(:mod:`histo_lightning.mil.bag_generation`) gather instances of several images, so both datasets take
+(:mod:`histo_lightning.methods.li_mil.bag_generation`) gather instances of several images, so both datasets take
 arbitrary member lists.
 
 Items are dicts::

@@ -5,6 +5,5 @@ Each method's own modules live in its package (:mod:`histo_lightning.methods`).
 
 from histo_lightning.models.base import SupervisedModule
 from histo_lightning.models.classifier import ImageClassifier
-from histo_lightning.models.mil import EncoderFeatures, MILModule
 
-__all__ = ["EncoderFeatures", "ImageClassifier", "MILModule", "SupervisedModule"]
+__all__ = ["ImageClassifier", "SupervisedModule"]

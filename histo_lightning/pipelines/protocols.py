@@ -2,7 +2,7 @@
 
 A predict stage runs an **inference-only** module (no fit: frozen weights or none, e.g. Rakhlin's
 :class:`~histo_lightning.methods.rakhlin.descriptors.DescriptorExtractor`, the MIL instance encoder
-:class:`~histo_lightning.models.mil.EncoderFeatures`) or the module of an earlier fit stage. Its cached
+:class:`~histo_lightning.methods.li_mil.module.EncoderFeatures`) or the module of an earlier fit stage. Its cached
 rows must be told apart from another producer's, so an inference-only module says what it is
 (:class:`InferenceModule`); it may also say the shape of one sample's output (:class:`DeclaresOutputShape`)
 so that the stage need not run a sample to find it. A stage callback that uses the finished features

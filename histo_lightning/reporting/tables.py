@@ -15,7 +15,7 @@ Each method registers its layouts (:func:`register_table`) in its package's ``ta
   (Sun et al., SMSE Tables III–VII and X);
 * :mod:`histo_lightning.methods.chsnet.tables`: ``chsnet.table2`` … ``chsnet.table4`` (Ma et al.,
   CHS-Net Tables 2–4);
-* :mod:`histo_lightning.reporting.mil_tables`: ``mil.table1``, ``mil.table2`` (Li et al., Tables 1–2).
+* :mod:`histo_lightning.methods.li_mil.tables`: ``mil.table1``, ``mil.table2`` (Li et al., Tables 1–2).
 * :mod:`histo_lightning.methods.rakhlin.tables`: ``rakhlin.table1``, ``rakhlin.fig4`` (Rakhlin et al.,
   Table 1 and the pooled 2-class numbers of §3 / Fig. 4).
 
@@ -45,15 +45,12 @@ import numpy as np
 from histo_lightning.reporting.sweep import FINISHED, Job, read_jobs, synthetic_data
 from histo_lightning.utils.io import write_json_atomic, write_text_atomic
 
-#: layouts registered outside a method package's ``tables`` module (Li et al.'s, until it moves)
-EXTRA_TABLE_MODULES = ("histo_lightning.reporting.mil_tables",)
-
 
 def table_modules() -> list[str]:
     """The modules whose import registers each method's layouts: every ``methods/<name>/tables.py``."""
     from histo_lightning.methods import method_modules
 
-    return [*method_modules("tables"), *EXTRA_TABLE_MODULES]
+    return method_modules("tables")
 
 
 TableBuilder = Callable[[list[Job]], dict[str, Any]]
@@ -387,7 +384,6 @@ if __name__ == "__main__":
 
 
 __all__ = [
-    "EXTRA_TABLE_MODULES",
     "Setting",
     "TableLayout",
     "build_report",

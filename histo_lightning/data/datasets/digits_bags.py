@@ -41,9 +41,9 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 from histo_lightning.data.bag_datamodule import BAG_SUBSETS, BagDataModule
+from histo_lightning.data.bag_folds import repeat_seed
 from histo_lightning.data.splits import carve_validation
 from histo_lightning.errors import ConfigError, DatasetLayoutError
-from histo_lightning.mil.folds import repeat_seed
 from histo_lightning.stores.instance_store import BagArrays
 from histo_lightning.stores.keys import array_digest
 

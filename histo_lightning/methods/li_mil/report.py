@@ -9,7 +9,7 @@ test stage's folder:
   instance label: 1 key, 0 ordinary, -1 unknown) and ``relative_attention`` (``w · n``: 1 = uniform);
 * ``heatmaps/<bag>.png``: each instance's weight drawn at its position over the image (nucleus markers
   for Colon, the patch grid for UCSB, a mosaic for digit bags), ground-truth key instances outlined
-  (:func:`~histo_lightning.reporting.mil_plots.heatmap_figure`); the first ``log_heatmaps`` also go to
+  (:func:`~histo_lightning.methods.li_mil.plots.heatmap_figure`); the first ``log_heatmaps`` also go to
   W&B/TensorBoard as ``test/heatmap/<bag>``.
 """
 
@@ -23,7 +23,7 @@ import pandas as pd
 import pytorch_lightning as pl
 
 from histo_lightning.callbacks.collect import TestOutputCollector
-from histo_lightning.reporting.mil_plots import heatmap_figure
+from histo_lightning.methods.li_mil.plots import heatmap_figure
 from histo_lightning.reporting.plots import log_image, save_figure
 from histo_lightning.stores.image_store import read_rgb
 from histo_lightning.utils.io import atomic_path

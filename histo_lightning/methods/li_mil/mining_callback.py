@@ -1,10 +1,10 @@
 """Attention-based hard-negative mining (Li et al. §3.0.2, Eq. 3) as a consumer of a predict stage.
 
 The mining stage predicts every training bag of the fold with the stage-1 model; its cache holds, per
-bag, ``[p, w_1 … w_n, 0 …]`` (:meth:`~histo_lightning.models.mil.MILModule.predict_step`). When the cache
+bag, ``[p, w_1 … w_n, 0 …]`` (:meth:`~histo_lightning.methods.li_mil.module.MILModule.predict_step`). When the cache
 is complete, :meth:`HardNegativeMining.on_features_ready` (called by the stage, also when every row was
 cached already) takes the false-positive bags (negative bags with ``p ≥ threshold``) and in each the
-instances with ``w ≥ mean + k·std`` of that bag's weights (Eq. 3, :mod:`histo_lightning.mil.mining`), and
+instances with ``w ≥ mean + k·std`` of that bag's weights (Eq. 3, :mod:`histo_lightning.methods.li_mil.mining`), and
 writes into the stage folder:
 
 * ``hard_negatives.csv``: one row per hard negative: ``instance`` (global index into the dataset's
@@ -39,8 +39,8 @@ import pandas as pd
 import pytorch_lightning as pl
 
 from histo_lightning.errors import ConfigError
-from histo_lightning.mil.mining import mine_hard_negatives
-from histo_lightning.reporting.mil_plots import gallery_figure
+from histo_lightning.methods.li_mil.mining import mine_hard_negatives
+from histo_lightning.methods.li_mil.plots import gallery_figure
 from histo_lightning.reporting.plots import log_image, save_figure
 from histo_lightning.stores.feature_cache import FeatureCache
 from histo_lightning.utils.choices import COUNT, NUMBER, PROBABILITY, declare_choices

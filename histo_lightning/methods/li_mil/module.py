@@ -2,7 +2,7 @@
 Li et al. §3.0.1), and the frozen instance encoder that feeds FMB's K-means and feature bags.
 
 :class:`MILModule` derives from the supervised base (:class:`~histo_lightning.models.base.
-SupervisedModule`, CONTRACTS.md C2): the network (a :class:`~histo_lightning.nets.mil.MILClassifier`
+SupervisedModule`, docs/CONTRACTS.md C2): the network (a :class:`~histo_lightning.nets.mil.MILClassifier`
 from ``model.net``), the loss (``loss=bag_bce``: the
 clamped bag cross-entropy), the optimiser (a partial; Adam β = (0.9, 0.999), Li §4.0.2) and the metric
 suite (a factory of :class:`~histo_lightning.metrics.mil.BagMetrics`) are injected; hyper-parameters hold

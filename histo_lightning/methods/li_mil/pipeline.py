@@ -9,7 +9,7 @@ Li et al.'s method as stages of the runner (:mod:`histo_lightning.pipelines.runn
     inner_fit_i,          ``hnm.mine_on=out_of_fold``: inner folds of the training bags (:func:`inner_fold`;
     inner_score_i         declared once with ``foreach``, :mod:`histo_lightning.pipelines.expand`)
     mine      (predict)   the training bags: probabilities and attention into the stage's cache; the
-                          :class:`~histo_lightning.callbacks.mil_mining.HardNegativeMining` consumer applies
+                          :class:`~histo_lightning.methods.li_mil.mining_callback.HardNegativeMining` consumer applies
                           Eq. 3 to the negative bags predicted positive (§3.0.2), on these predictions or
                           the pooled out-of-fold ones
     embed     (predict)   FMB with ``hnm.cluster_features=mil``: the stage-1 network's instance embeddings
@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from histo_lightning.errors import ConfigError
-from histo_lightning.mil.bag_generation import (
+from histo_lightning.methods.li_mil.bag_generation import (
     ALLOCATIONS,
     BagSizeStats,
     GeneratedBags,
@@ -157,7 +157,7 @@ def generate_bags(
             class balance moves little).
         clusters: c of K-means (FMB; the paper does not say; capped at the number of hard negatives).
         allocation: FMB's draw from the clusters (``proportional`` or ``multinomial``; see
-            :mod:`histo_lightning.mil.bag_generation`).
+            :mod:`histo_lightning.methods.li_mil.bag_generation`).
         seed: seeds bag sizes, draws and K-means.
         mining_stage: the predict stage whose consumer wrote ``hard_negatives.csv``.
         cluster_features: what FMB's K-means clusters (``hnm.cluster_features``). The paper: the hard
