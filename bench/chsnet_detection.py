@@ -5,7 +5,7 @@
 Composes the real config (default ``experiment=chsnet_demo``, synthetic TUPAC16; random weights, so
 ``--screen-pass`` sets what share of windows the stand-in screening network passes) and prints:
 
-1. **Detection**: HPFs/s of the whole cascade (:class:`~histo_lightning.models.chsnet_detector.ChsnetCascadeDetector`:
+1. **Detection**: HPFs/s of the whole cascade (:class:`~histo_lightning.methods.chsnet.detector.ChsnetCascadeDetector`:
    window views, screening, refined network on the survivors, NMS) against the time the two networks
    alone need for the same windows (screening on all, refined on the survivors, as pre-built batches).
    The overhead ratio cascade time / forward time near 1 means the sliding window costs nothing beyond
@@ -28,7 +28,7 @@ from hydra import compose, initialize_config_dir
 from torch import nn
 
 import histo_lightning.utils.resolvers  # noqa: F401
-from histo_lightning.models.chsnet_detector import ChsnetCascadeDetector, window_views
+from histo_lightning.methods.chsnet.detector import ChsnetCascadeDetector, window_views
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -76,7 +76,7 @@ def main() -> None:
     datamodule.setup("fit")
     screening = hydra.utils.instantiate(cfg.model.screening).inference_net().eval()
     refined = hydra.utils.instantiate(cfg.model.refined).inference_net().eval()
-    det = cfg.model.detection
+    det = cfg.method.detection
     gate = Passing(screening, args.screen_pass)
     detector = ChsnetCascadeDetector(
         refined, gate, det.screening_threshold, det.refined_threshold, det.stride, det.batch_size

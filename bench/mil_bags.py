@@ -14,7 +14,7 @@ instances, like CRCHistoPhenotypes' 22,444 nuclei; random pixels, random 960-d f
    bag generation (FMB: K-means, c = 5, of the hard negatives' features), in seconds, against one
    training epoch of feature bags;
 3. end-to-end training of Ilse's CNN (softsign attention, λ = 2) on pixel bags through our stack
-   (:class:`~histo_lightning.models.mil.MILModule` with its loss, training accuracy and logging on a
+   (:class:`~histo_lightning.methods.li_mil.module.MILModule` with its loss, training accuracy and logging on a
    Lightning ``Trainer``, the bag loader with augmentation) against a bare PyTorch loop of the same
    network (same initial weights) on the same loader: Adam, the same clamped BCE, ``backward``, ``step``.
    Bags/s of each (the best of ``--repeats`` alternating runs of ``--e2e-epochs`` epochs over
@@ -30,16 +30,16 @@ import numpy as np
 import torch
 
 from histo_lightning.data.bags import FeatureBagDataset, InstanceBagDataset
-from histo_lightning.data.instance_store import BagArrays
-from histo_lightning.mil.bag_generation import (
+from histo_lightning.methods.li_mil.bag_generation import (
     BagSizeStats,
     cluster_bags,
     kmeans_clusters,
     random_bags,
     single_bag,
 )
-from histo_lightning.mil.mining import mine_hard_negatives
+from histo_lightning.methods.li_mil.mining import mine_hard_negatives
 from histo_lightning.nets.mil import build_mil_classifier
+from histo_lightning.stores.instance_store import BagArrays
 
 
 def colon_sized(n_bags: int, mean_size: float, seed: int = 0) -> tuple[BagArrays, np.ndarray]:
@@ -93,7 +93,7 @@ def end_to_end(bags: BagArrays, epochs: int, repeats: int) -> tuple[float, float
     import pytorch_lightning as pl
 
     from histo_lightning.losses import ClampedBagBCE
-    from histo_lightning.models.mil import MILModule
+    from histo_lightning.methods.li_mil.module import MILModule
 
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)

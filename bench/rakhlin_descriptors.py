@@ -4,7 +4,7 @@
         [--augmentations 50] [--crops 20] [--crops-per-batch 100] [--lgbm-images 360] [--lgbm-dim 2048]
 
 1. **Descriptors**: crops/s of the whole per-image pipeline of
-   :class:`~histo_lightning.models.descriptors.DescriptorExtractor` (cached half-scale image on the device →
+   :class:`~histo_lightning.methods.rakhlin.descriptors.DescriptorExtractor` (cached half-scale image on the device →
    seeded draws → crops with rotations/flips → H&E colour augmentation → encoder → Eq. 1 pooling)
    against the encoder's pure forward on the very same crop tensors (built beforehand, same batches).
    The ratio pipeline / forward is what the augmentation, cropping and pooling cost; the target on a GPU
@@ -28,18 +28,18 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 import histo_lightning.utils.resolvers  # noqa: F401
-from histo_lightning.classifiers.gradient_boosting import (
-    BoostingSettings,
-    fit_booster,
-    predict_views,
-)
-from histo_lightning.data.multicrop import augmented_crops, draw_colour, draw_crops
 from histo_lightning.data.synthetic.he_render import (
     render_optical_density,
     sample_stain_style,
     smooth_noise,
 )
-from histo_lightning.models.descriptors import DescriptorExtractor
+from histo_lightning.methods.rakhlin.descriptors import DescriptorExtractor
+from histo_lightning.methods.rakhlin.gradient_boosting import (
+    BoostingSettings,
+    fit_booster,
+    predict_views,
+)
+from histo_lightning.methods.rakhlin.multicrop import augmented_crops, draw_colour, draw_crops
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

@@ -3,7 +3,7 @@
     python bench/store_open.py [--gigabytes 1.0] [--folder /tmp/store_bench]
 
 Writes a complete feature cache of about ``--gigabytes`` of float16 rows (random values, 1024 per row)
-through :class:`~histo_lightning.data.feature_cache.FeatureCache`, then measures:
+through :class:`~histo_lightning.stores.feature_cache.FeatureCache`, then measures:
 
 1. ``open check``: :func:`histo_lightning.stores.store.inspect` of the cache, i.e. what every open does:
    every recorded size compared, the sampled sha256 (1 MiB whatever the size) of the largest files;
@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 import pandas as pd
 
-from histo_lightning.data.feature_cache import FeatureCache
+from histo_lightning.stores.feature_cache import FeatureCache
 from histo_lightning.stores.store import State, inspect
 
 

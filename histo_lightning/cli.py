@@ -8,6 +8,7 @@ mistakes a user makes most into one ``error:`` line and exit code 2, like every 
 * a key that does not exist (``trainer.max_epoch=3``): names it, suggests the closest existing key and
   says how to add a new one (``+key=value``);
 * an override Hydra cannot parse (``fold=[``);
+* a key or an experiment that moved (:data:`MOVED_KEYS`, :data:`RETIRED_EXPERIMENTS`): names the new one;
 * a pipeline's pre-flight check that fails (``pipeline.preflight``, :mod:`histo_lightning.utils.preflight`:
   e.g. FMB clustering with an encoder whose weights are not available offline), before torch is
   imported, so such a run ends within seconds;
@@ -15,6 +16,10 @@ mistakes a user makes most into one ``error:`` line and exit code 2, like every 
   ``hydra.sweep.dir`` with ``-m``), ``paths.cache_dir`` and ``paths.split_dir`` (a path through a file, a
   read-only file system): checked by creating and removing a scratch folder in the nearest existing
   folder, so nothing is left behind.
+
+``python run.py --help`` (or ``-h``) prints :func:`usage`: the command line, the experiments grouped by
+paper with one line each (from the method packages, :mod:`histo_lightning.methods`, and each experiment
+file's first comment line) and where the README is; Hydra's own help is ``--hydra-help``.
 
 Anything else, and every command with other Hydra flags (``--cfg``, ``--info``, ``-cn``, ...), is left to
 Hydra as before; ``HYDRA_FULL_ERROR=1`` skips the check so that Hydra's own traceback shows. In a
@@ -34,8 +39,68 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
+README = CONF.parent / "README.md"
 CONFIG_NAME = "train"
 _PASS_FLAGS = ("-m", "--multirun", "-r", "--run")
+
+
+#: keys that moved: ``old`` → the key that holds its settings now (None: removed, see the note); a key
+#: below an old one moves with it (``rakhlin.views.seed`` → ``method.views.seed``)
+MOVED_KEYS: dict[str, str | None] = {
+    # a method's settings: one method: node per experiment (Rakhlin's were top-level, CHS-Net's in model)
+    "rakhlin": "method",
+    **{
+        f"model.{key}": f"method.{key}"
+        for key in (
+            "schedule",
+            "schedules",
+            "cascade",
+            "hard_example_mining",
+            "mining",
+            "refined_sampling",
+            "detection",
+        )
+    },
+    "task": None,
+}
+MOVED_KEY_NOTES = {
+    "task": "python run.py always runs the stage runner on `pipeline` (choose pipeline=<name>)",
+}
+
+#: experiments replaced by a sweep: name → the command that runs it now
+_TABLE10 = "python run.py -m experiment=smse_paip hparams_search=smse_table10"
+RETIRED_EXPERIMENTS: dict[str, str] = {
+    f"smse_paip_{net}_{loss}": (
+        f"{_TABLE10} (this cell alone: experiment=smse_paip model=smse_{net} "
+        f"embedding_loss={embedding})"
+    )
+    for net in ("pnn2", "googlenet", "resnet")
+    for loss, embedding in (("ce", "none"), ("pair", "contrastive"), ("triplet", "triplet"))
+    if (net, loss) != ("pnn2", "triplet")
+}
+
+
+def moved(overrides: Sequence[str]) -> str | None:
+    """The one-line error for an override of a key or an experiment that moved, or None."""
+    for text in overrides:
+        key, sep, value = text.lstrip("+~").partition("=")
+        old = next((k for k in MOVED_KEYS if key == k or key.startswith(k + ".")), None)
+        if old is not None:
+            new = MOVED_KEYS[old]
+            if new is None:
+                return f"{old}: removed; {MOVED_KEY_NOTES.get(old, '')}".rstrip("; ")
+            return (
+                f"{key}: moved to {new}{key[len(old) :]} (a method's settings are one "
+                "`method:` node per experiment, docs/architecture.md)"
+            )
+        if key == "experiment" and sep:
+            for name in value.split(","):
+                if name.strip() in RETIRED_EXPERIMENTS:
+                    return (
+                        f"experiment={name.strip()}: replaced by a sweep: "
+                        f"{RETIRED_EXPERIMENTS[name.strip()]}"
+                    )
+    return None
 
 
 class CommandLineError(Exception):
@@ -123,6 +188,9 @@ def explain(overrides: Sequence[str], multirun: bool = False) -> str | None:
     Only the mistakes listed in the module docstring are explained; other failures return None
     (Hydra reports them itself). ``multirun``: the command has ``-m`` (the sweep folder is checked).
     """
+    message = moved(overrides)
+    if message is not None:
+        return message
     try:
         single, variants = _first_values(overrides)
     except CommandLineError as err:
@@ -203,8 +271,74 @@ def _explain_composition(single: list[str], multirun: bool = False) -> str | Non
     return _unwritable_folder(cfg, multirun)
 
 
+def experiment_line(path: Path, width: int = 96) -> str:
+    """The first comment line of an experiment file (``…`` when the comment goes on)."""
+    comments = []
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        if "@package" not in line:
+            comments.append(line.lstrip("#").strip())
+    if not comments:
+        return ""
+    first = comments[0]
+    more = len(comments) > 1 and not first.endswith(".")
+    if len(first) > width:
+        first, more = first[:width].rsplit(" ", 1)[0], True
+    return first + (" …" if more else "")
+
+
+def usage(conf_dirs: Sequence[Path] = (CONF,)) -> str:
+    """What ``python run.py --help`` prints (see the module docstring); ``conf_dirs``: the config folders
+    searched for ``experiment/<name>.yaml`` (a test adds its own)."""
+    from histo_lightning.methods import method_packages
+
+    files: dict[str, Path] = {}
+    for conf in reversed(conf_dirs):
+        files.update({p.stem: p for p in sorted((Path(conf) / "experiment").glob("*.yaml"))})
+
+    def listing(names: Sequence[str]) -> list[str]:
+        width = max((len(n) for n in names), default=0)
+        return [f"  {n:<{width}}  {experiment_line(files[n])}" for n in names]
+
+    lines = [
+        "usage: python run.py [experiment=NAME] [fold=K] [group=option ...] [key=value ...]",
+        "       python run.py -m experiment=NAME [key=a,b ...]   (a sweep; alone: the paper's protocol)",
+        "       python run.py experiment=NAME --cfg job          (print the composed config)",
+        "",
+        "Experiments (conf/experiment/), by paper:",
+    ]
+    listed: set[str] = set()
+    for package in method_packages():
+        names = [n for n in package.EXPERIMENTS if n in files]
+        folder = f"histo_lightning/methods/{package.__name__.rsplit('.', 1)[-1]}/"
+        lines += [
+            "",
+            f"{package.SUMMARY}  ({folder})",
+            f"  paper: {package.PAPER}",
+            *listing(names),
+        ]
+        listed.update(names)
+    others = sorted(set(files) - listed)
+    if others:
+        lines += ["", "Other experiments:", *listing(others)]
+    lines += [
+        "",
+        "Config groups (conf/<group>/): dataset, model, loss, embedding_loss, encoder, pipeline, split, "
+        "trainer,",
+        "  callbacks, logger, debug (debug=smoke: any experiment end to end in minutes), "
+        "hparams_search, local.",
+        f"Documentation: {README} (docs/architecture.md: where each method lives).",
+        "Hydra's own help: python run.py --hydra-help",
+    ]
+    return "\n".join(lines)
+
+
 def check_command_line(argv: Sequence[str]) -> None:
     """Exit with one ``error:`` line (code 2) for the command-line mistakes of the module docstring."""
+    if any(arg in ("--help", "-h") for arg in argv):
+        print(usage(), flush=True)
+        raise SystemExit(0)
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
         return
     if any(arg.startswith("-") and arg not in _PASS_FLAGS for arg in argv):
@@ -216,4 +350,4 @@ def check_command_line(argv: Sequence[str]) -> None:
         raise SystemExit(2)
 
 
-__all__ = ["check_command_line", "explain"]
+__all__ = ["check_command_line", "explain", "usage"]

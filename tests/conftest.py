@@ -58,7 +58,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def compose_config(overrides: list[str], output_dir: Path, data_dir: Path) -> DictConfig:
-    """``conf/train.yaml`` with ``overrides``, as ``run.py`` would compose it, ready for ``train()``."""
+    """``conf/train.yaml`` with ``overrides``, as ``run.py`` would compose it, ready for ``run_pipeline()``."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(

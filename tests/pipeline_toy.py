@@ -16,8 +16,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from histo_lightning.data.feature_cache import FeatureCache
 from histo_lightning.data.transforms import EpochSeededLoader, worker_init
+from histo_lightning.stores.feature_cache import FeatureCache
 from histo_lightning.utils.io import write_text_atomic
 
 

@@ -44,7 +44,7 @@ CHSNET = [
     "dataset=tupac16",
     "dataset.prepare_workers=1",
     "model.net.width=0.0625",
-    "model.detection.batch_size=128",
+    "method.detection.batch_size=128",
     *SMOKE,
 ]
 PAIP = [
@@ -387,8 +387,8 @@ CONFIG_CASES = {
         "hnm.clusters='abc': expected an integer of at least 1",
     ),
     "mining_threshold": (
-        ["experiment=chsnet_demo", "model.mining.threshold=2"],
-        "model.mining.threshold=2: expected a probability in [0, 1]",
+        ["experiment=chsnet_demo", "method.mining.threshold=2"],
+        "method.mining.threshold=2: expected a probability in [0, 1]",
     ),
     "mil_pooling": (
         [*MIL, "model.net.pooling=attention"],
@@ -407,16 +407,16 @@ CONFIG_CASES = {
         "encoder.take='last': expected one of pooled, stages, cls_mean",
     ),
     "detection_match_rule": (
-        ["experiment=chsnet_demo", "model.detection.match_rule=nearest"],
-        "model.detection.match_rule='nearest': expected one of one_to_one, amida13",
+        ["experiment=chsnet_demo", "method.detection.match_rule=nearest"],
+        "method.detection.match_rule='nearest': expected one of one_to_one, amida13",
     ),
     "chsnet_input_views": (
         ["experiment=chsnet_demo", "model.net.input_views=both"],
         "model.net.input_views='both': expected one of stack, siamese",
     ),
     "carcinoma_rule": (
-        ["experiment=rakhlin_demo", "rakhlin.carcinoma_rule=mean"],
-        "rakhlin.carcinoma_rule='mean': expected one of max, sum",
+        ["experiment=rakhlin_demo", "method.carcinoma_rule=mean"],
+        "method.carcinoma_rule='mean': expected one of max, sum",
     ),
     "contrastive_form": (
         ["experiment=smse_breakhis_pair", "embedding_loss.form=cosine"],

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from histo_lightning.data.breakhis import parse_filename, read_official_folds, scan
+from histo_lightning.data.datasets.breakhis import parse_filename, read_official_folds, scan
 from histo_lightning.errors import DatasetLayoutError
 
 BREAST = Path("BreaKHis_v1/histology_slides/breast")

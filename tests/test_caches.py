@@ -16,8 +16,8 @@ from filelock import FileLock
 from PIL import Image
 
 from histo_lightning.caches import find_caches, list_caches, prune, verify
-from histo_lightning.data.feature_cache import FeatureCache
-from histo_lightning.data.image_store import MemmapImageCache
+from histo_lightning.stores.feature_cache import FeatureCache
+from histo_lightning.stores.image_store import MemmapImageCache
 from tests.conftest import ROOT
 
 DAY = 86400.0

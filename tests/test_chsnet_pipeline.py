@@ -11,12 +11,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from histo_lightning.data.feature_cache import FeatureCache
 from histo_lightning.errors import ConfigError, DatasetLayoutError
 from histo_lightning.pipelines.runner import PipelineRunner, run_pipeline
 from histo_lightning.pipelines.stages import load_weights
-from histo_lightning.train import build_datamodule
-from histo_lightning.utils.instantiate import build
+from histo_lightning.stores.feature_cache import FeatureCache
+from histo_lightning.utils.instantiate import build, build_datamodule
 from tests.conftest import run_cli
 
 TINY_TUPAC = [
@@ -24,7 +23,7 @@ TINY_TUPAC = [
     "dataset.synthetic.preset=tiny",
     "dataset.prepare_workers=1",
     "model.net.width=0.0625",
-    "model.detection.batch_size=128",
+    "method.detection.batch_size=128",
 ]
 CHSNET_SMOKE = [
     "experiment=chsnet",
@@ -82,7 +81,7 @@ def test_pipeline_runs_every_stage_writes_reports_redoes_and_resumes(make_cfg, c
     assert again["test/f1"] == metrics["test/f1"]
 
     # another mining threshold redoes mining and everything after it, and says why
-    changed = make_cfg([*CHSNET_SMOKE, "model.mining.threshold=0.3"])
+    changed = make_cfg([*CHSNET_SMOKE, "method.mining.threshold=0.3"])
     with caplog.at_level(logging.INFO):
         run_pipeline(changed)
     assert _statuses(run_dir) == ["skipped", "ran", "ran", "ran"]
@@ -120,13 +119,13 @@ def test_missing_tupac16_names_the_expected_folders(make_cfg, tmp_path: Path) ->
 
 
 def test_pipeline_config_errors_are_named(make_cfg) -> None:
-    cfg = make_cfg([*CHSNET_SMOKE, "model.hard_example_mining=false"])
+    cfg = make_cfg([*CHSNET_SMOKE, "method.hard_example_mining=false"])
     with pytest.raises(
-        ConfigError, match=r"model\.cascade=true needs model\.hard_example_mining=true"
+        ConfigError, match=r"method\.cascade=true needs method\.hard_example_mining=true"
     ):
         PipelineRunner(cfg).check()
-    cfg = make_cfg([*CHSNET_SMOKE, "model.schedule=fast"])
-    with pytest.raises(ConfigError, match=r"model.schedule='fast'"):
+    cfg = make_cfg([*CHSNET_SMOKE, "method.schedule=fast"])
+    with pytest.raises(ConfigError, match=r"method.schedule='fast'"):
         PipelineRunner(cfg).check()
 
 

@@ -14,25 +14,25 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from histo_lightning.callbacks.mining import HardExampleMining
-from histo_lightning.data.feature_cache import FeatureCache
-from histo_lightning.data.patching import extract_patch, ioa
-from histo_lightning.data.samplers import RatioSampler, allocate
-from histo_lightning.data.tupac16 import (
+from histo_lightning.data.sampling.mitosis_patches import (
     PatchSampling,
     build_patch_index,
     negative_windows,
 )
+from histo_lightning.data.sampling.patching import extract_patch, ioa
+from histo_lightning.data.sampling.samplers import RatioSampler, allocate
 from histo_lightning.losses import FocalLoss, SemiFocalLoss
-from histo_lightning.metrics.detection import DetectionF1, match_detections
-from histo_lightning.models.chsnet import piecewise_constant
-from histo_lightning.models.chsnet_detector import (
+from histo_lightning.methods.chsnet.detector import (
     ChsnetCascadeDetector,
     nms_points,
     window_grid,
     window_views,
 )
+from histo_lightning.methods.chsnet.mining import HardExampleMining
+from histo_lightning.methods.chsnet.module import piecewise_constant
+from histo_lightning.metrics.detection import DetectionF1, match_detections
 from histo_lightning.nets.chsnet import CHSNet, two_views
+from histo_lightning.stores.feature_cache import FeatureCache
 
 # ---- Eq. 8: IoA ------------------------------------------------------------------------------------
 

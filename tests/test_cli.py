@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from histo_lightning.pipelines.runner import run_pipeline
 from histo_lightning.reporting.cv_summary import main as cv_summary_main
-from histo_lightning.train import train
 from tests.conftest import ROOT, SMOKE, run_cli
 
 
@@ -142,7 +142,7 @@ def test_ddp_cpu_trains_and_tests_with_two_processes(
             f"ckpt_path={info['stages']['test']['tested_checkpoint']}",
         ]
     )
-    train(cfg)
+    run_pipeline(cfg)
     single = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
     assert ddp_metrics == pytest.approx(single, abs=1e-5)
 
@@ -195,3 +195,44 @@ def test_ddp_inside_a_multirun_job(data_dir: Path, tmp_path: Path) -> None:
     # the extra rank neither started a sweep of its own nor a run folder elsewhere
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0_fold2"]
     assert not (logs / "breakhis_baseline" / "runs").exists()
+
+
+def test_help_prints_usage_experiments_by_paper_and_the_readme() -> None:
+    result = run_cli(["--help"], timeout=120)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert out.startswith("usage: python run.py")
+    assert f"Documentation: {ROOT / 'README.md'}" in out
+    from histo_lightning.methods import method_packages
+
+    experiments = {p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml")}
+    listed = [
+        line.split()[0] for line in out.splitlines() if line.startswith("  ") and line.split()
+    ]
+    for package in method_packages():
+        assert f"paper: {package.PAPER}" in out
+        for name in package.EXPERIMENTS:
+            assert name in listed
+    assert experiments <= set(listed)  # every experiment file once, with its first comment line
+    assert (
+        "chsnet_demo  " in out and "Hydra" in out and "_target_" not in out
+    )  # not Hydra's config dump
+
+
+def test_moved_keys_fail_in_one_line_naming_the_new_key(tmp_path: Path) -> None:
+    result = run_cli(["experiment=rakhlin_demo", "rakhlin.views.seed=3"], timeout=120)
+    assert result.returncode == 2
+    assert _error_lines(result.stderr) == [
+        "error: rakhlin.views.seed: moved to method.views.seed (a method's settings are one "
+        "`method:` node per experiment, docs/architecture.md)"
+    ]
+    from histo_lightning.cli import explain
+
+    assert explain(["experiment=chsnet_demo", "model.detection.stride=16"]) == (
+        "model.detection.stride: moved to method.detection.stride (a method's settings are one "
+        "`method:` node per experiment, docs/architecture.md)"
+    )
+    assert explain(["experiment=chsnet_demo", "model.detection_report.overlays=false"]) is None
+    result = run_cli(["task=histo_lightning.pipelines.runner.run_pipeline"], timeout=120)
+    assert result.returncode == 2
+    assert _error_lines(result.stderr)[0].startswith("error: task: removed;")

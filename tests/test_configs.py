@@ -68,7 +68,9 @@ def test_every_model_runs_a_batch(model: str, make_cfg) -> None:
         module.loss(out["prob"], torch.tensor([0.0, 1.0])).backward()
         assert isinstance(module.configure_optimizers(), (torch.optim.Optimizer, dict))
         return
-    cfg = make_cfg([*SMOKE, f"model={model}"])
+    # model=chsnet's stage modules read their schedule from the CHS-Net experiment's method: node
+    method = ["experiment=chsnet"] if model == "chsnet" else []
+    cfg = make_cfg([*SMOKE, *method, f"model={model}"])
     if model == "chsnet":  # the pipeline's stage modules, on 128 x 128 mitosis patches
         cfg.model.net.width = 0.125
         module = hydra.utils.instantiate(cfg.model.screening)
@@ -171,7 +173,11 @@ def _fold_repeat_pairs(jobs: list[list[str]]) -> list[tuple[int, int]]:
         (["experiment=chsnet"], 5, 1),  # CHS-Net §4.1: 5-fold cross-validation
         (["experiment=chsnet_single_demo"], 5, 1),
         (["experiment=smse_breakhis"], 5, 1),  # BreakHis' five folds
-        (["experiment=smse_paip_resnet_ce"], 1, 1),  # PAIP: one holdout split
+        (
+            ["experiment=smse_paip", "model=smse_resnet", "embedding_loss=none"],
+            1,
+            1,
+        ),  # PAIP: one holdout split
     ],
 )
 def test_each_paper_protocol_sweeps_its_folds_and_repetitions(

@@ -1,4 +1,4 @@
-"""The data-module contract (CONTRACTS.md C1) on every dataset: fingerprint, validation, predict sets."""
+"""The data-module contract (docs/CONTRACTS.md C1) on every dataset: fingerprint, validation, predict sets."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 
 from histo_lightning.data.base import MANIFEST_COLUMNS, DataContract
-from histo_lightning.data.breakhis import BreakHisDataModule
-from histo_lightning.data.paip import PaipDataModule
-from histo_lightning.data.tupac16 import Tupac16DataModule
+from histo_lightning.data.datasets.breakhis import BreakHisDataModule
+from histo_lightning.data.datasets.paip import PaipDataModule
+from histo_lightning.data.datasets.tupac16 import Tupac16DataModule
 from histo_lightning.errors import ConfigError
-from histo_lightning.train import train
+from histo_lightning.pipelines.runner import run_pipeline
 from tests.conftest import SMOKE
 
 # the same tree as conftest's TINY_SYNTHETIC (generated once per session, shared with the other tests)
@@ -113,7 +113,7 @@ def test_fit_without_validation_set(make_cfg) -> None:
     cfg = make_cfg(
         ["experiment=breakhis_baseline", *SMOKE, "split.val_fraction=0", "optimized_metric=null"]
     )
-    train(cfg)
+    run_pipeline(cfg)
     out = Path(cfg.paths.output_dir)
     assert "test/acc" in json.loads((out / "metrics.json").read_text())
     info = json.loads((out / "run_info.json").read_text())
@@ -183,8 +183,8 @@ def test_root_and_synthetic_settings_are_checked(data_dir: Path, tmp_path: Path)
 
 
 def test_corrupt_policy_is_shared(data_dir: Path) -> None:
-    from histo_lightning.data.image_store import BadImage
     from histo_lightning.errors import CorruptImageError
+    from histo_lightning.stores.image_store import BadImage
 
     bad = [BadImage("/x/a.tif", "truncated"), BadImage("/x/b.tif", "empty")]
     with pytest.raises(

@@ -14,12 +14,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from histo_lightning.data.feature_cache import (
+from histo_lightning.errors import ConfigError
+from histo_lightning.stores.feature_cache import (
     FeatureCache,
     FeatureCacheMismatch,
     default_cache_dir,
 )
-from histo_lightning.errors import ConfigError
 from histo_lightning.stores.store import State, StoreError
 
 

@@ -11,13 +11,13 @@ import pytest
 import tifffile
 from PIL import Image
 
-from histo_lightning.data.image_store import (
+from histo_lightning.errors import CorruptImageError
+from histo_lightning.stores.image_store import (
     FileImageSource,
     MemmapImageCache,
     inspect_image,
     read_rgb,
 )
-from histo_lightning.errors import CorruptImageError
 
 RGB = np.random.default_rng(0).integers(0, 256, size=(12, 20, 3), dtype=np.uint8)
 

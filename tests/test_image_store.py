@@ -11,8 +11,8 @@ import cv2
 import numpy as np
 import pytest
 
-from histo_lightning.data.image_store import FileImageSource, MemmapImageCache, read_rgb
 from histo_lightning.errors import CorruptImageError
+from histo_lightning.stores.image_store import FileImageSource, MemmapImageCache, read_rgb
 from histo_lightning.stores.store import State, inspect
 
 

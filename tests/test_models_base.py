@@ -1,4 +1,4 @@
-"""The supervised LightningModule base (CONTRACTS.md C2): plain hyper-parameters, checkpoints that load with
+"""The supervised LightningModule base (docs/CONTRACTS.md C2): plain hyper-parameters, checkpoints that load with
 ``weights_only=True``, and ``val/<monitor>_best`` that stays right across a resume from ``last.ckpt``."""
 
 from __future__ import annotations
@@ -15,8 +15,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from histo_lightning.losses import ContrastiveLoss
+from histo_lightning.methods.chsnet.module import ChsnetPatchClassifier
+from histo_lightning.methods.smse.module import SimilarityClassifier
 from histo_lightning.metrics import BinaryClassificationMetrics, ClassificationMetrics
-from histo_lightning.models import ChsnetPatchClassifier, ImageClassifier, SimilarityClassifier
+from histo_lightning.models import ImageClassifier
 from histo_lightning.models.base import BEST_KEY, plain
 
 

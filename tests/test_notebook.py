@@ -9,15 +9,15 @@ import papermill
 import pytest
 import yaml
 
+from histo_lightning.pipelines.runner import run_pipeline
 from histo_lightning.reporting.cv_summary import write_summary
-from histo_lightning.train import train
 from tests.conftest import ROOT, SMOKE
 
 
 @pytest.fixture
 def finished_run(make_cfg) -> Path:
     cfg = make_cfg(["experiment=breakhis_baseline", *SMOKE, "trainer.max_epochs=2"])
-    train(cfg)
+    run_pipeline(cfg)
     return Path(cfg.paths.output_dir)
 
 

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf, open_dict
 
-from histo_lightning.data.feature_cache import FeatureCache
 from histo_lightning.errors import ConfigError
 from histo_lightning.pipelines.runner import run_pipeline
+from histo_lightning.stores.feature_cache import FeatureCache
 from histo_lightning.stores.store import StoreError
 from histo_lightning.utils.checkpoints import load_state_dict
 from tests.pipeline_toy import SHARED_PIPELINE, TOY_PIPELINE, SimulatedCrash

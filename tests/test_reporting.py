@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from histo_lightning.methods.chsnet.tables import method_label
 from histo_lightning.reporting import tables
-from histo_lightning.reporting.chsnet_tables import method_label
 from histo_lightning.reporting.cv_summary import POOLED_ROW, summarize, write_summary
 from histo_lightning.reporting.hydra_callbacks import TableReportCallback
 from histo_lightning.reporting.sweep import read_jobs

@@ -11,8 +11,9 @@ import pytest
 import torch
 from omegaconf import open_dict
 
+from histo_lightning.entry import run
 from histo_lightning.errors import ConfigError, CorruptImageError
-from histo_lightning.train import run, train
+from histo_lightning.pipelines.runner import run_pipeline
 from tests.conftest import SMOKE
 
 
@@ -55,7 +56,7 @@ def test_evaluate_a_checkpoint_without_training(make_cfg) -> None:
     cfg = make_cfg(
         ["experiment=breakhis_baseline", *SMOKE, "fold=2", "trainer.limit_test_batches=1.0"], "fit"
     )
-    train(cfg)
+    run_pipeline(cfg)
     fitted = Path(cfg.paths.output_dir)
     best = json.loads((fitted / "run_info.json").read_text())["stages"]["fit"]["best_checkpoint"]
     ckpt = fitted / "01_fit" / best
@@ -81,7 +82,7 @@ def test_evaluate_a_checkpoint_without_training(make_cfg) -> None:
 
 def test_train_false_needs_a_checkpoint(make_cfg) -> None:
     with pytest.raises(ConfigError, match="train=false needs ckpt_path"):
-        train(make_cfg(["experiment=breakhis_baseline", *SMOKE, "train=false"]))
+        run_pipeline(make_cfg(["experiment=breakhis_baseline", *SMOKE, "train=false"]))
 
 
 def test_rerun_of_a_finished_run_reports_it_without_training(make_cfg) -> None:
@@ -138,7 +139,7 @@ def test_without_a_validation_set_the_last_checkpoint_is_tested(make_cfg) -> Non
 
 def test_missing_ckpt_path_is_named(make_cfg) -> None:
     with pytest.raises(ConfigError, match=r"ckpt_path=/nope.ckpt does not exist"):
-        train(make_cfg(["experiment=breakhis_baseline", *SMOKE, "ckpt_path=/nope.ckpt"]))
+        run_pipeline(make_cfg(["experiment=breakhis_baseline", *SMOKE, "ckpt_path=/nope.ckpt"]))
 
 
 def test_optimized_metric_must_be_logged(make_cfg, capsys) -> None:
@@ -168,7 +169,7 @@ def test_wandb_without_account_logs_offline_into_the_run_dir(make_cfg, caplog) -
 
 def test_several_loggers_at_once(make_cfg) -> None:
     cfg = make_cfg(["experiment=breakhis_baseline", *SMOKE, "logger=[csv,tensorboard]"])
-    train(cfg)
+    run_pipeline(cfg)
     out = Path(cfg.paths.output_dir)
     assert list((out / "tensorboard").rglob("events.out.tfevents.*"))
     assert list((out / "csv").rglob("metrics.csv"))
@@ -205,7 +206,7 @@ def test_corrupt_image_fails_naming_the_file(make_cfg, corrupt_copy, tmp_path: P
     with pytest.raises(
         CorruptImageError, match=rf"unreadable image .*{victim}.*dataset.on_corrupt=skip"
     ):
-        train(make_cfg(_real_layout_overrides(root, tmp_path)))
+        run_pipeline(make_cfg(_real_layout_overrides(root, tmp_path)))
 
 
 def test_corrupt_image_skipped_and_listed(make_cfg, corrupt_copy, tmp_path: Path) -> None:
@@ -217,7 +218,7 @@ def test_corrupt_image_skipped_and_listed(make_cfg, corrupt_copy, tmp_path: Path
             "trainer.limit_test_batches=1.0",
         ]
     )
-    train(cfg)
+    run_pipeline(cfg)
     out = Path(cfg.paths.output_dir)
     assert victim in (out / "skipped_images.txt").read_text()
     info = json.loads((out / "run_info.json").read_text())
@@ -235,17 +236,17 @@ def test_image_cache_none_decodes_on_access(make_cfg) -> None:
     cfg = make_cfg(["experiment=breakhis_baseline", *SMOKE, "dataset.image_cache=none"])
     with open_dict(cfg):
         cfg.dataset.num_workers = 0
-    train(cfg)
+    run_pipeline(cfg)
     assert "test/acc" in _metrics(Path(cfg.paths.output_dir))
 
 
 def test_explicit_ckpt_path_resumes_into_a_new_run(make_cfg) -> None:
     overrides = ["experiment=breakhis_baseline", *SMOKE, "trainer.limit_test_batches=1"]
     first = make_cfg([*overrides, "trainer.max_epochs=1"], "first")
-    train(first)
+    run_pipeline(first)
     last = Path(first.paths.output_dir) / "01_fit" / "checkpoints" / "last.ckpt"
     second = make_cfg([*overrides, "trainer.max_epochs=2", f"ckpt_path={last}"], "second")
-    train(second)
+    run_pipeline(second)
     fit = json.loads((Path(second.paths.output_dir) / "run_info.json").read_text())["stages"]["fit"]
     assert fit["resumed_from"] == str(last) and fit["global_step"] == 4
 
@@ -260,7 +261,9 @@ def test_magnification_filter(make_cfg) -> None:
     assert set(datamodule.table["magnification"]) == {40, 400}
     assert set(datamodule.datasets["train"].groups) <= {40, 400}
     with pytest.raises(ConfigError, match=r"dataset.magnifications=\[40, 50\]"):
-        train(make_cfg(["experiment=breakhis_baseline", *SMOKE, "dataset.magnifications=[40,50]"]))
+        run_pipeline(
+            make_cfg(["experiment=breakhis_baseline", *SMOKE, "dataset.magnifications=[40,50]"])
+        )
 
 
 @pytest.mark.parametrize("debug", ["fdr", "profiler"])
@@ -279,7 +282,7 @@ def test_debug_configs_run(debug: str, make_cfg) -> None:
             "++trainer.limit_train_batches=2",
         ]
     )
-    train(cfg)
+    run_pipeline(cfg)
     out = Path(cfg.paths.output_dir)
     assert "test/acc" in _metrics(out)
     if debug == "profiler":
@@ -299,7 +302,7 @@ def test_overfit_drives_the_training_loss_down(make_cfg) -> None:
             "test=false",
         ]
     )
-    metrics = train(cfg)
+    metrics = run_pipeline(cfg)
     history = pd.read_csv(next(Path(cfg.paths.output_dir).rglob("metrics.csv")))
     losses = history["train/loss"].dropna().to_numpy()
     assert losses[-1] < 0.2 * losses[0] and metrics["train/acc"] == 1.0

@@ -11,16 +11,15 @@ import pandas as pd
 import pytest
 import torch
 
-from histo_lightning.data.stain import MacenkoNormalizer
-from histo_lightning.data.synthetic.tupac16 import SyntheticTupacConfig, ensure_synthetic_tupac16
-from histo_lightning.data.tupac16 import (
+from histo_lightning.data.datasets.tupac16 import (
     read_ground_truth,
     scan_test_set,
     scan_tupac16,
-    write_challenge_csv,
-    write_geojson,
 )
+from histo_lightning.data.stain import MacenkoNormalizer
+from histo_lightning.data.synthetic.tupac16 import SyntheticTupacConfig, ensure_synthetic_tupac16
 from histo_lightning.errors import DatasetLayoutError
+from histo_lightning.methods.chsnet.outputs import write_challenge_csv, write_geojson
 
 
 def _write_hpf(root: Path, case: str, name: str, csv: str | None, size: int = 64) -> None:

@@ -1,13 +1,9 @@
-"""Lightning callbacks of histo-lightning (Lightning's own ones are configured directly)."""
+"""Lightning callbacks shared by the methods (Lightning's own ones are configured directly).
 
-from histo_lightning.callbacks.detection_report import DetectionReport
-from histo_lightning.callbacks.mining import HardExampleMining
+A method's own callbacks live in its package (e.g. :mod:`histo_lightning.methods.chsnet.mining`).
+"""
+
 from histo_lightning.callbacks.nonfinite import StopOnNonFiniteLoss
 from histo_lightning.callbacks.test_report import TestReport
 
-__all__ = [
-    "DetectionReport",
-    "HardExampleMining",
-    "StopOnNonFiniteLoss",
-    "TestReport",
-]
+__all__ = ["StopOnNonFiniteLoss", "TestReport"]

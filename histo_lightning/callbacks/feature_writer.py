@@ -7,8 +7,9 @@ the prediction the ranks meet, and rank 0 marks the cache complete when no row i
 
 The cache is given by the stage that runs the prediction (:mod:`histo_lightning.pipelines.stages`), which
 opens it with the producer's fingerprint and serves only the missing samples. Callbacks that use the
-finished features (e.g. hard-example mining) find this writer among ``trainer.callbacks`` and read
-:attr:`FeatureCacheWriter.cache` in their own ``on_predict_end`` (they must come after it in the list).
+finished features (hard-example mining) do not read this writer: the stage calls their
+``on_features_ready(cache, ctx)`` once the cache is complete
+(:class:`~histo_lightning.pipelines.protocols.FeatureConsumer`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import BasePredictionWriter
 
-from histo_lightning.data.feature_cache import FeatureCache
+from histo_lightning.stores.feature_cache import FeatureCache
 
 
 class FeatureCacheWriter(BasePredictionWriter):

@@ -4,7 +4,7 @@
 digits bags and MNIST bags, what does not depend on the dataset:
 
 * **folds over bags** (images: Colon and UCSB ship no patient ids), dealt by the versioned split file
-  stratified by bag label (:mod:`histo_lightning.mil.folds`); ``repeat`` (the top-level key, 1, 2, …)
+  stratified by bag label (:mod:`histo_lightning.data.bag_folds`); ``repeat`` (the top-level key, 1, 2, …)
   reshuffles them with the split seed ``split.seed + 1000 · (repeat − 1)`` (Li et al. §4.0.2: "10-fold/
   4-fold cross-validation and five repetitions"); the experiments reseed training with the same rule;
 * **loaders of bags**: ``batch_size`` bags per step (the papers: 1), padded to the largest bag with a mask
@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 from torch.utils.data import DataLoader, Dataset
 
+from histo_lightning.data.bag_folds import bag_table, repeat_spec
 from histo_lightning.data.bags import (
     BagDataset,
     FeatureBagDataset,
@@ -45,9 +46,8 @@ from histo_lightning.data.bags import (
     InstanceDataset,
 )
 from histo_lightning.data.base import BaseDataModule, settings_dict
-from histo_lightning.data.instance_store import Bags, InstanceStore
 from histo_lightning.errors import ConfigError
-from histo_lightning.mil.folds import bag_table, repeat_spec
+from histo_lightning.stores.instance_store import Bags, InstanceStore
 from histo_lightning.utils.logging import get_logger
 
 log = get_logger(__name__)

@@ -1,10 +1,10 @@
 """Torch datasets of bags and the collate that batches bags of several sizes.
 
 A bag is a list of global instance indices (``members``) into an instance array held once: the pixel
-instances of an :class:`~histo_lightning.data.instance_store.InstanceStore` / ``BagArrays``, or a feature
+instances of an :class:`~histo_lightning.stores.instance_store.InstanceStore` / ``BagArrays``, or a feature
 matrix ``N × D`` (e.g. the feature cache's memmap, rows aligned with the store's instances). A dataset
 bag is usually one image's contiguous range (``Bags.all_members()``), but generated hard-negative bags
-(:mod:`histo_lightning.mil.bag_generation`) gather instances of several images, so both datasets take
+(:mod:`histo_lightning.methods.li_mil.bag_generation`) gather instances of several images, so both datasets take
 arbitrary member lists.
 
 Items are dicts::
@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from histo_lightning.data.instance_store import Bags
+from histo_lightning.stores.instance_store import Bags
 
 
 def random_dihedral(instances: Tensor, generator: torch.Generator | None = None) -> Tensor:

@@ -1,6 +1,6 @@
 """The base every data module derives from, and the contract the run report and the stage runner read.
 
-:class:`DataContract` is what the rest of histo-lightning may rely on about any data module (CONTRACTS.md
+:class:`DataContract` is what the rest of histo-lightning may rely on about any data module (docs/CONTRACTS.md
 C1): its ``name``, whether it ``is_synthetic``, the images it ``skipped``, ``describe()`` (what
 ``run_info.json`` records), ``fingerprint()`` (what the samples of this fold are), ``has_validation()``,
 and ``predict_dataset(subset)`` / ``sample_manifest(subset)`` (the samples of a subset with evaluation
@@ -23,8 +23,8 @@ transforms, one manifest row per item, for predict stages and feature caches).
 * the **fingerprint**: a digest of the dataset files, this fold's split rows and the subclass's
   sample-changing settings, never of batch sizes, workers or pin_memory.
 
-A dataset module (one per dataset: :mod:`~histo_lightning.data.breakhis`, :mod:`~histo_lightning.data.paip`,
-:mod:`~histo_lightning.data.tupac16`) sets the class attributes naming it and implements reading, setup and
+A dataset module (one per dataset: :mod:`~histo_lightning.data.datasets.breakhis`, :mod:`~histo_lightning.data.datasets.paip`,
+:mod:`~histo_lightning.data.datasets.tupac16`) sets the class attributes naming it and implements reading, setup and
 the loaders of its samples.
 """
 
@@ -43,7 +43,6 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from histo_lightning.data.image_store import BadImage
 from histo_lightning.data.splits import (
     SplitSpec,
     check_fold,
@@ -52,6 +51,7 @@ from histo_lightning.data.splits import (
 )
 from histo_lightning.data.transforms import EpochSeededLoader, seed_transforms, worker_init
 from histo_lightning.errors import ConfigError, CorruptImageError
+from histo_lightning.stores.image_store import BadImage
 from histo_lightning.stores.keys import digest, frame_digest
 from histo_lightning.utils.batchnorm import lone_last_batch
 from histo_lightning.utils.choices import COUNT, Accepts, declare_choices, is_count

@@ -15,7 +15,7 @@ re-rendering are computed for every pixel of the batch at once. An image with fe
 tissue pixels (blank or almost blank) is returned unchanged, and :meth:`estimate` says so.
 
 :meth:`MacenkoNormalizer.key` names everything that determines the output (version, parameters, target),
-for cache keys (:class:`~histo_lightning.data.image_store.MemmapImageCache` ``preprocess_key``).
+for cache keys (:class:`~histo_lightning.stores.image_store.MemmapImageCache` ``preprocess_key``).
 
 H&E colour augmentation (Rakhlin et al. §2.3, after Ruifrok & Johnston 2001): :func:`scale_he` decomposes
 an RGB image into hematoxylin, eosin and residual optical densities with Ruifrok's matrix, multiplies the
@@ -94,7 +94,7 @@ class MacenkoNormalizer:
     def from_image(cls, image: np.ndarray | str | Path, **kwargs) -> MacenkoNormalizer:
         """A normaliser whose target is fitted on one reference image (array or file)."""
         if not isinstance(image, np.ndarray):
-            from histo_lightning.data.image_store import read_rgb
+            from histo_lightning.stores.image_store import read_rgb
 
             path = Path(image)
             if not path.is_file():

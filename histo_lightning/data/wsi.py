@@ -531,7 +531,7 @@ class SlideHandles:
 class SlidePatchSource:
     """An image source (``source[i]`` → ``(size, size, 3)`` uint8) over rows ``(slide path, x, y)``.
 
-    Used by :class:`~histo_lightning.data.datasets.ImageTableDataset` exactly like an image cache; patches
+    Used by :class:`~histo_lightning.data.torch_datasets.ImageTableDataset` exactly like an image cache; patches
     are read from the slides when asked for, through :class:`SlideHandles`.
     """
 

@@ -3,7 +3,6 @@
 from histo_lightning.metrics.classification import (
     BinaryClassificationMetrics,
     ClassificationMetrics,
-    magnification_groups,
 )
 from histo_lightning.metrics.detection import DetectionF1, detection_scores, match_detections
 from histo_lightning.metrics.patient import PatientRecognitionRate
@@ -14,6 +13,5 @@ __all__ = [
     "DetectionF1",
     "PatientRecognitionRate",
     "detection_scores",
-    "magnification_groups",
     "match_detections",
 ]

@@ -138,9 +138,4 @@ class BinaryClassificationMetrics(nn.Module):
             metric.reset()
 
 
-def magnification_groups(magnifications: Sequence[int]) -> dict[int, str]:
-    """``{40: "40x", ...}``: the group names used for per-magnification RR."""
-    return {int(m): f"{int(m)}x" for m in magnifications}
-
-
-__all__ = ["BinaryClassificationMetrics", "ClassificationMetrics", "magnification_groups"]
+__all__ = ["BinaryClassificationMetrics", "ClassificationMetrics"]

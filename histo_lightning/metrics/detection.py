@@ -9,7 +9,7 @@ count as:
   matches at most one detection and vice versa; extra detections are false positives. The matching is a
   true maximum (Hungarian algorithm on distances, with a prohibitive cost beyond the radius), not a greedy
   nearest-first pass, which can match fewer pairs than exist.
-* ``amida13`` (the AMIDA13 / TUPAC16 rule; CHS-Net's default, ``model.detection.match_rule``): a
+* ``amida13`` (the AMIDA13 / TUPAC16 rule; CHS-Net's default, ``method.detection.match_rule``): a
   detection within the radius of a ground truth is a true detection, and several detections inside one
   ground truth's circle count as one TP, never as FPs. FP are the detections outside every circle; a
   ground truth is found when some detection counts for it, FN are the others. A detection counts for

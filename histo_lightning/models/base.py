@@ -1,4 +1,4 @@
-"""The base of every supervised LightningModule: injected net, loss, optimiser and metrics (CONTRACTS.md C2).
+"""The base of every supervised LightningModule: injected net, loss, optimiser and metrics (docs/CONTRACTS.md C2).
 
 :class:`SupervisedModule` does, once for every supervised model (the image classifier, SMSE's similarity
 classifier, CHS-Net's patch classifier), what does not depend on the model:

@@ -67,7 +67,7 @@ def two_views(patches: Tensor) -> tuple[Tensor, Tensor]:
 
     The 2×2 average is the area resize 128 → 64 (what ``cv2.INTER_AREA`` computes for a factor of 2), so
     that sliding-window detection can average the whole HPF once and take 64×64 windows of it
-    (:mod:`histo_lightning.models.chsnet_detector`) and get exactly the same context view.
+    (:mod:`histo_lightning.methods.chsnet.detector`) and get exactly the same context view.
     """
     if patches.shape[-2:] != (PATCH_SIZE, PATCH_SIZE):
         raise ValueError(f"expected (N, 3, 128, 128) patches, got {tuple(patches.shape)}")

@@ -1,1 +1,1 @@
-"""Multi-stage tasks (``task=...``): methods that chain several Lightning fits, predictions and tests."""
+"""The stage runner, its four kinds of stage, the inference-only module protocols and the run report."""

@@ -1,6 +1,6 @@
 """The stage runner: every experiment is an ordered list of named stages declared in config.
 
-``task: histo_lightning.pipelines.runner.run_pipeline`` (the default) runs ``cfg.pipeline``::
+``python run.py`` (:mod:`histo_lightning.entry`) runs ``cfg.pipeline`` with :func:`run_pipeline`::
 
     pipeline:
       name: CHS-Net
@@ -69,12 +69,20 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities.seed import isolate_rng
 
 from histo_lightning.errors import ConfigError
+from histo_lightning.pipelines.run_report import log_hyperparameters, write_run_report
+from histo_lightning.pipelines.stages import STAGE_KINDS, load_weights
 from histo_lightning.utils.fingerprint import describe_differences, digest
 from histo_lightning.utils.hydra_ddp import prepare_ddp_subprocess_launch
-from histo_lightning.utils.instantiate import build, instantiate_callbacks, instantiate_loggers
+from histo_lightning.utils.instantiate import (
+    build,
+    build_datamodule,
+    import_function,
+    instantiate_callbacks,
+    instantiate_loggers,
+)
 from histo_lightning.utils.io import read_json, write_json_atomic
 from histo_lightning.utils.logging import get_logger
-from histo_lightning.utils.seeding import seed_stage
+from histo_lightning.utils.seeding import seed_run, seed_stage
 
 log = get_logger(__name__)
 
@@ -281,9 +289,7 @@ class StageContext:
             raise ConfigError(
                 f"pipeline.stages.{self.name}: a function spec needs fn: package.module.name"
             )
-        from histo_lightning.train import resolve_task
-
-        function = resolve_task(target)
+        function = import_function(target, f"pipeline.stages.{self.name}.fn")
         return function(self, **spec, **extra)
 
     # ---- trainers --------------------------------------------------------------------------------------
@@ -354,9 +360,6 @@ class PipelineRunner:
         right after composing the config, before the heavy imports (:func:`run_preflight`), and they run
         here first too (a sweep job, ``HYDRA_FULL_ERROR=1``).
         """
-        from histo_lightning.pipelines.stages import STAGE_KINDS
-        from histo_lightning.train import resolve_task
-
         for name in self.stage_order():
             node = self.pipeline.stages[name]
             kind = node.get("kind") if isinstance(node, DictConfig) else None
@@ -378,9 +381,9 @@ class PipelineRunner:
         def method_checks() -> None:
             for spec in self.pipeline.get("checks") or []:
                 spec = dict(to_plain(spec))
-                resolve_task(spec.pop("fn"))(self.cfg, **spec)
+                import_function(spec.pop("fn"), "pipeline.checks.fn")(self.cfg, **spec)
 
-        # The method's own checks first: they name the key a user set (``model.schedule='fast'``)
+        # The method's own checks first: they name the key a user set (``method.schedule='fast'``)
         # rather than the interpolation that the wrong value leaves dangling elsewhere. A check that
         # itself meets a dangling interpolation defers to the generic check, which names it.
         try:
@@ -427,8 +430,6 @@ class PipelineRunner:
     def log_hparams_once(self, trainer: pl.Trainer, module: pl.LightningModule | None) -> None:
         if self._hparams_logged or not trainer.loggers:
             return
-        from histo_lightning.train import log_hyperparameters
-
         data = {"dataset": self.datamodule.name, "synthetic": self.datamodule.is_synthetic}
         log_hyperparameters(self.cfg, module, trainer, data)
         self._hparams_logged = True
@@ -436,6 +437,13 @@ class PipelineRunner:
     # ---- modules of fit stages -----------------------------------------------------------------------------
     def remember_module(self, name: str, module: pl.LightningModule) -> None:
         self._modules[name] = module
+
+    def build_module(self, name: str) -> pl.LightningModule:
+        """The module of stage ``name`` built from its config (``module`` + ``inject``), untrained."""
+        stage_cfg = self.pipeline.stages[name]
+        if "module" not in stage_cfg:
+            raise ConfigError(f"pipeline.stages.{name}.module is missing (a LightningModule node)")
+        return StageContext(self, name, 0, stage_cfg).build(stage_cfg.module)
 
     def trained_module(self, result: StageResult) -> pl.LightningModule:
         """A fit stage's module with its best (or last) weights, built and loaded once."""
@@ -446,12 +454,10 @@ class PipelineRunner:
         module = self._modules.get(result.name)
         checkpoint = result.info.get("best_checkpoint")
         if module is None:
-            from histo_lightning.pipelines.stages import build_stage_module
-
             # building draws initial weights (then replaced by the checkpoint's): the stage asking for it
             # (in a rerun; in one go the module is still in memory) must not see its random state move
             with isolate_rng():
-                module = build_stage_module(self, result.name)
+                module = self.build_module(result.name)
             self._modules[result.name] = module
             if not checkpoint:
                 raise ConfigError(
@@ -459,8 +465,6 @@ class PipelineRunner:
                     f"weights cannot be restored; rerun it (delete {result.dir})"
                 )
         if checkpoint and not getattr(module, "_histo_loaded_best", False):
-            from histo_lightning.pipelines.stages import load_weights
-
             load_weights(module, result.dir / checkpoint)
             module._histo_loaded_best = True
         return module
@@ -468,8 +472,6 @@ class PipelineRunner:
     # ---- one stage --------------------------------------------------------------------------------------------
     def run_stage(self, name: str, index: int, upstream: str | None, force: bool) -> StageResult:
         """Skip, redo or resume one stage (every rank makes the same decision from the same files)."""
-        from histo_lightning.pipelines.stages import STAGE_KINDS
-
         stage_cfg = self.pipeline.stages[name]
         ctx = StageContext(self, name, index, stage_cfg)
         inputs = self.stage_inputs(name, stage_cfg, upstream)
@@ -529,8 +531,6 @@ class PipelineRunner:
 
     # ---- the job ----------------------------------------------------------------------------------------------
     def run(self) -> dict[str, float]:
-        from histo_lightning.train import build_datamodule, seed_run, write_run_report
-
         started = time.time()
         self.check()
         seed_run(self.cfg)

@@ -59,8 +59,14 @@ from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
 from histo_lightning.callbacks.feature_writer import FeatureCacheWriter
 from histo_lightning.data.base import transform_description
-from histo_lightning.data.feature_cache import FeatureCache, default_cache_dir
 from histo_lightning.errors import ConfigError
+from histo_lightning.pipelines.protocols import (
+    DeclaresOutputShape,
+    FeatureConsumer,
+    InferenceModule,
+)
+from histo_lightning.pipelines.run_report import scalars
+from histo_lightning.stores.feature_cache import FeatureCache, default_cache_dir
 from histo_lightning.stores.keys import frame_digest
 from histo_lightning.stores.store import State, StoreError, inspect
 from histo_lightning.utils.batchnorm import check_training_batch_size
@@ -70,22 +76,11 @@ from histo_lightning.utils.logging import get_logger
 from histo_lightning.utils.seeding import EpochSeeding
 
 if TYPE_CHECKING:
-    from histo_lightning.pipelines.runner import PipelineRunner, StageContext, StageResult
+    from histo_lightning.pipelines.runner import StageContext, StageResult
 
 log = get_logger(__name__)
 
 FEATURE_CODE_VERSION = 1  # bump when the code that computes cached features changes its numbers
-
-
-def build_stage_module(runner: PipelineRunner, name: str) -> pl.LightningModule:
-    """The module of stage ``name`` built from its config (``module`` + ``inject``), untrained."""
-    from histo_lightning.pipelines.runner import StageContext
-
-    stage_cfg = runner.pipeline.stages[name]
-    if "module" not in stage_cfg:
-        raise ConfigError(f"pipeline.stages.{name}.module is missing (a LightningModule node)")
-    ctx = StageContext(runner, name, 0, stage_cfg)
-    return ctx.build(stage_cfg.module)
 
 
 def load_weights(module: torch.nn.Module, checkpoint: str | Path, key: str = "checkpoint") -> None:
@@ -131,7 +126,7 @@ class Stage:
             if source not in earlier:
                 self.ctx.result(source)  # raises: a later, unknown or misspelt stage
         if source and ckpt_path:
-            module = build_stage_module(self.ctx.runner, source)
+            module = self.ctx.runner.build_module(source)
             load_weights(module, ckpt_path, key="ckpt_path")
             return module, str(ckpt_path)
         if source:
@@ -207,7 +202,7 @@ class FitStage(Stage):
             raise ConfigError(
                 f"train=false but stage {ctx.name} has not finished in {ctx.dir}: nothing to evaluate"
             )
-        module = build_stage_module(ctx.runner, ctx.name)
+        module = ctx.runner.build_module(ctx.name)
         init_from = self.cfg.get("init_from")
         if init_from:
             module.load_state_dict(ctx.module(init_from).state_dict())
@@ -230,8 +225,6 @@ class FitStage(Stage):
         resumed_from = self.resume_from()
         log.info(f"Stage {ctx.name}: fitting for up to {trainer.max_epochs} epoch(s)")
         trainer.fit(module, datamodule=datamodule, ckpt_path=resumed_from, weights_only=True)
-        from histo_lightning.train import scalars
-
         metrics = scalars(trainer.callback_metrics)
         best_key = f"{monitor}_best" if monitor else None
         if (
@@ -272,8 +265,6 @@ class TestStage(Stage):
         trainer = ctx.trainer([*ctx.generic_callbacks("test"), *ctx.stage_callbacks()], module)
         log.info(f"Stage {ctx.name}: testing ({tested})")
         trainer.test(module, datamodule=ctx.datamodule)
-        from histo_lightning.train import scalars
-
         return {
             "tested_checkpoint": tested,
             "metrics": ctx.prefixed(scalars(trainer.callback_metrics)),
@@ -381,7 +372,7 @@ class PredictStage(Stage):
     def producer(self, module: pl.LightningModule, weights: str) -> dict[str, Any]:
         """What produces the rows: the module's own fingerprint, or the fit stage (or checkpoint) it comes
         from."""
-        if callable(getattr(module, "fingerprint", None)):
+        if isinstance(module, InferenceModule):
             return module.fingerprint()
         source = self.cfg.get("from")
         if source and source in self.ctx.runner.results:
@@ -397,9 +388,8 @@ class PredictStage(Stage):
         )
 
     def probe_shape(self, module: pl.LightningModule, dataset: Any, key: str) -> tuple[int, ...]:
-        declared = getattr(module, "feature_shape", None)
-        if callable(declared):  # the module knows its output shape: nothing computed to find it
-            return tuple(int(s) for s in declared())
+        if isinstance(module, DeclaresOutputShape):  # nothing computed to find the shape
+            return tuple(int(s) for s in module.feature_shape())
         batch = _collate(dataset)([dataset[0]])
         was_training = module.training
         module.eval()
@@ -583,18 +573,12 @@ class PredictStage(Stage):
             "computed": computed,
         }
         for consumer in consumers:
-            ready = getattr(consumer, "on_features_ready", None)
-            if callable(ready):
-                extra = ready(cache, ctx) or {}
+            if isinstance(consumer, FeatureConsumer):
+                extra = consumer.on_features_ready(cache, ctx) or {}
                 info["metrics"].update(ctx.prefixed(extra.get("metrics", {})))
                 info["outputs"].update(extra.get("outputs", {}))
         ctx.log_metrics(info["metrics"])
         return info
-
-    @staticmethod
-    def cache_of(result: StageResult) -> FeatureCache:
-        """The finished cache of a predict stage (for later stages)."""
-        return FeatureCache.reopen(result.path("cache"), require_complete=True)
 
 
 class FunctionStage(Stage):

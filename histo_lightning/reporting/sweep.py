@@ -2,7 +2,7 @@
 
 A sweep folder (``logs/<task>/multiruns/<time>/``) holds one folder per job (``<n>_fold<k>/``) with
 ``.hydra/config.yaml`` (the job's composed config) and ``.hydra/overrides.yaml`` (its command-line
-overrides), and, depending on how the job ended (CONTRACTS.md C3):
+overrides), and, depending on how the job ended (docs/CONTRACTS.md C3):
 
 * ``metrics.json`` (the ``test/*`` metrics) and ``run_info.json`` (data, stages, versions): finished;
 * ``failed.json`` = ``{"error": "<one line>", "type": "<ExceptionClass>", "traceback_file": ...}``: failed;

@@ -7,20 +7,21 @@ and sweeps can be combined), averages each setting over its folds and writes ``<
 ``<method>_tables.json`` (into the first sweep folder, or ``--out``). Experiments write them after every
 job of a sweep through :class:`~histo_lightning.reporting.hydra_callbacks.TableReportCallback`.
 
-Each method registers its layouts (:func:`register_table`) in its own module, listed in
-:data:`METHOD_MODULES`; a layout is named ``<method>.<table>``:
+Each method registers its layouts (:func:`register_table`) in its package's ``tables`` module
+(``histo_lightning/methods/<name>/tables.py``, found by :func:`table_modules`); a layout is named
+``<method>.<table>``:
 
-* :mod:`histo_lightning.reporting.smse_tables`: ``smse.table3`` … ``smse.table7``, ``smse.table10``
+* :mod:`histo_lightning.methods.smse.tables`: ``smse.table3`` … ``smse.table7``, ``smse.table10``
   (Sun et al., SMSE Tables III–VII and X);
-* :mod:`histo_lightning.reporting.chsnet_tables`: ``chsnet.table2`` … ``chsnet.table4`` (Ma et al.,
+* :mod:`histo_lightning.methods.chsnet.tables`: ``chsnet.table2`` … ``chsnet.table4`` (Ma et al.,
   CHS-Net Tables 2–4);
-* :mod:`histo_lightning.reporting.mil_tables`: ``mil.table1``, ``mil.table2`` (Li et al., Tables 1–2).
-* :mod:`histo_lightning.reporting.rakhlin_tables`: ``rakhlin.table1``, ``rakhlin.fig4`` (Rakhlin et al.,
+* :mod:`histo_lightning.methods.li_mil.tables`: ``mil.table1``, ``mil.table2`` (Li et al., Tables 1–2).
+* :mod:`histo_lightning.methods.rakhlin.tables`: ``rakhlin.table1``, ``rakhlin.fig4`` (Rakhlin et al.,
   Table 1 and the pooled 2-class numbers of §3 / Fig. 4).
 
-A new method adds a module with its ``@register_table("<method>", "<table>")`` builders (each takes the
-list of :class:`~histo_lightning.reporting.sweep.Job` and returns :func:`table_result`) to
-:data:`METHOD_MODULES`. A builder also returns its rows as ``cells`` (:func:`make_cell`: our settings
+A new method adds ``methods/<name>/tables.py`` with its ``@register_table("<method>", "<table>")``
+builders (each takes the list of :class:`~histo_lightning.reporting.sweep.Job` and returns
+:func:`table_result`); nothing else lists it. A builder also returns its rows as ``cells`` (:func:`make_cell`: our settings
 in the paper's terms, our values by key), which :mod:`histo_lightning.reporting.compare` puts beside the
 paper's published numbers (package data, :mod:`histo_lightning.reporting.papers`); every
 ``<method>_tables.md`` shows that comparison under each table. Failed jobs (``failed.json``) and missing ones (running or killed) are listed
@@ -44,13 +45,13 @@ import numpy as np
 from histo_lightning.reporting.sweep import FINISHED, Job, read_jobs, synthetic_data
 from histo_lightning.utils.io import write_json_atomic, write_text_atomic
 
-#: the modules whose import registers each method's layouts
-METHOD_MODULES = (
-    "histo_lightning.reporting.smse_tables",
-    "histo_lightning.reporting.chsnet_tables",
-    "histo_lightning.reporting.mil_tables",
-    "histo_lightning.reporting.rakhlin_tables",
-)
+
+def table_modules() -> list[str]:
+    """The modules whose import registers each method's layouts: every ``methods/<name>/tables.py``."""
+    from histo_lightning.methods import method_modules
+
+    return method_modules("tables")
+
 
 TableBuilder = Callable[[list[Job]], dict[str, Any]]
 
@@ -82,7 +83,7 @@ def register_table(method: str, table: str) -> Callable[[TableBuilder], TableBui
 
 def layouts() -> dict[str, TableLayout]:
     """Every registered layout by name (importing the method modules registers them)."""
-    for module in METHOD_MODULES:
+    for module in table_modules():
         importlib.import_module(module)
     return dict(_REGISTRY)
 
@@ -383,7 +384,6 @@ if __name__ == "__main__":
 
 
 __all__ = [
-    "METHOD_MODULES",
     "Setting",
     "TableLayout",
     "build_report",
@@ -398,6 +398,7 @@ __all__ = [
     "register_table",
     "settings_json",
     "sort_key",
+    "table_modules",
     "table_result",
     "to_markdown",
     "value_entry",

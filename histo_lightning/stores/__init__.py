@@ -1,8 +1,8 @@
 """On-disk stores: one mechanism (:mod:`.store`) and one digest helper (:mod:`.keys`) for all of them.
 
 The store types built on it (what their files hold) live beside their data: decoded images
-(:mod:`histo_lightning.data.image_store`), instances of MIL bags (:mod:`histo_lightning.data.instance_store`),
-features of frozen networks (:mod:`histo_lightning.data.feature_cache`), slide patch indexes
+(:mod:`histo_lightning.stores.image_store`), instances of MIL bags (:mod:`histo_lightning.stores.instance_store`),
+features of frozen networks (:mod:`histo_lightning.stores.feature_cache`), slide patch indexes
 (:mod:`histo_lightning.data.wsi`) and synthetic dataset trees (:mod:`histo_lightning.data.synthetic.tree`).
 ``python -m histo_lightning.caches list|verify|prune`` lists, checks and removes them.
 """

@@ -2,8 +2,8 @@
 
 A *store* is a folder of files computed from something else (decoded images, instances cut from images,
 features of a frozen network, a slide's patch index, a synthetic dataset tree). What the files hold is the
-store type's business (:mod:`~histo_lightning.data.image_store`, :mod:`~histo_lightning.data.instance_store`,
-:mod:`~histo_lightning.data.feature_cache`, :mod:`~histo_lightning.data.wsi`,
+store type's business (:mod:`~histo_lightning.stores.image_store`, :mod:`~histo_lightning.stores.instance_store`,
+:mod:`~histo_lightning.stores.feature_cache`, :mod:`~histo_lightning.data.wsi`,
 :mod:`~histo_lightning.data.synthetic.tree`); everything else is here, once:
 
 * **Key.** :meth:`Store.keyed` names the folder ``<root>/<label>-<digest>`` by a digest

@@ -1,7 +1,7 @@
 """Failed jobs: ``failed.json`` in the job folder, and a sweep that goes on and ends non-zero.
 
 A job that fails (a user error such as a bad value in one Optuna trial, or a crash in one fold) writes
-``<job dir>/failed.json`` atomically (CONTRACTS.md C3)::
+``<job dir>/failed.json`` atomically (docs/CONTRACTS.md C3)::
 
     {"error": "<one line>", "type": "<ExceptionClass>", "traceback_file": "<job dir>/<name>.log" | null}
 

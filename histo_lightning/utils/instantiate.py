@@ -8,15 +8,19 @@ line instead of a traceback.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import importlib
+from collections.abc import Callable, Collection
 from typing import Any
 
 import hydra
 from omegaconf import DictConfig
-from pytorch_lightning import Callback
+from pytorch_lightning import Callback, LightningDataModule
 from pytorch_lightning.loggers import Logger
 
 from histo_lightning.errors import ConfigError, HistoError
+from histo_lightning.utils.logging import get_logger
+
+log = get_logger(__name__)
 
 
 def _user_error(err: BaseException) -> HistoError | None:
@@ -69,3 +73,41 @@ def instantiate_callbacks(cfg: DictConfig | None, exclude: Collection[str] = ())
 def instantiate_loggers(cfg: DictConfig | None) -> list[Logger]:
     """Every node with a ``_target_`` under ``logger``."""
     return _instantiate_all(cfg, "logger", Logger)
+
+
+def import_function(name: str, key: str = "fn") -> Callable[..., Any]:
+    """The function named ``package.module.function`` (a stage's or check's ``fn``); ``key`` names the
+    config key in the error."""
+    module_name, _, function = str(name).rpartition(".")
+    try:
+        found = getattr(importlib.import_module(module_name), function) if module_name else None
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(f"{key}={name}: cannot import it ({err})") from None
+    if not callable(found):
+        raise ConfigError(f"{key}={name} is not a function (expected package.module.function)")
+    return found
+
+
+def build_datamodule(cfg: DictConfig) -> LightningDataModule:
+    """The data module of ``cfg.dataset``, prepared now (dataset read, split written, caches built).
+
+    Preparing before any trainer exists checks the data and the fold before a process is started.
+    """
+    log.info(f"Data: {cfg.dataset._target_}")
+    datamodule = build(cfg.dataset)
+    datamodule.prepare_data()
+    return datamodule
+
+
+def target_class(node: Any) -> type | None:
+    """The class a config node's ``_target_`` names, or None (no ``_target_``, not importable, not a
+    class): for checks by type (``issubclass(target_class(cfg.dataset), Tupac16DataModule)``), never by
+    the ``_target_`` string."""
+    target = node.get("_target_") if isinstance(node, DictConfig | dict) else None
+    if not target:
+        return None
+    try:
+        found = hydra.utils.get_object(str(target))
+    except Exception:
+        return None
+    return found if isinstance(found, type) else None

@@ -2,7 +2,7 @@
 
 Each is called as ``fn(cfg, **kwargs)`` on the composed config and raises a
 :class:`~histo_lightning.errors.ConfigError` naming the key that is wrong and the way out. They must be
-light (no torch, no timm: e.g. :mod:`histo_lightning.mil.preflight`) because ``run.py`` runs them right
+light (no torch, no timm: e.g. :mod:`histo_lightning.methods.li_mil.preflight`) because ``run.py`` runs them right
 after composing the command line's config, before the heavy imports (:mod:`histo_lightning.cli`), so a
 run that cannot succeed ends within seconds; the stage runner runs them again before any stage.
 """

@@ -46,7 +46,7 @@ def _eq(a: Any, b: Any) -> bool:
 
 
 def _repeat_seed(seed: int, repeat: int) -> int:
-    from histo_lightning.mil.folds import repeat_seed
+    from histo_lightning.data.bag_folds import repeat_seed
 
     return repeat_seed(int(seed), int(repeat))
 

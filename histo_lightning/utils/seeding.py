@@ -31,6 +31,7 @@ import random
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from omegaconf import DictConfig
 
 #: seeds are 32-bit (numpy's legacy seeding and Lightning's ``seed_everything`` take at most this)
 SEED_MAX = 2**32 - 1
@@ -47,6 +48,13 @@ def seed_globals(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)  # noqa: NPY002 (the global state that libraries draw from)
     torch.manual_seed(seed)
+
+
+def seed_run(cfg: DictConfig) -> None:
+    """Seed Python, numpy and torch (and DataLoader workers) with ``cfg.seed``, if set (the runner calls
+    it once before the data module is built; each stage then seeds itself, :func:`seed_stage`)."""
+    if cfg.get("seed") is not None:
+        pl.seed_everything(cfg.seed, workers=True)
 
 
 def seed_stage(run_seed: int | None, stage: str) -> int | None:
@@ -83,4 +91,4 @@ class EpochSeeding(pl.Callback):
         return None
 
 
-__all__ = ["SEED_MAX", "EpochSeeding", "derive_seed", "seed_globals", "seed_stage"]
+__all__ = ["SEED_MAX", "EpochSeeding", "derive_seed", "seed_globals", "seed_run", "seed_stage"]

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from omegaconf import DictConfig, open_dict
 
-from histo_lightning.data.bach import CLASS_NAMES, CLASS_PREFIXES, GROUND_TRUTH_FILE
+from histo_lightning.data.datasets.bach import CLASS_NAMES, CLASS_PREFIXES, GROUND_TRUTH_FILE
 from histo_lightning.data.synthetic.he_render import (
     render_optical_density,
     sample_stain_style,
@@ -62,12 +62,12 @@ SMALL_SETTINGS = [
     "dataset=bach",
     "dataset.preprocess.scale=0.5",
     "split.n_folds=5",
-    "rakhlin.views.n_augmentations=3",
-    "rakhlin.views.n_crops=2",
-    "rakhlin.lightgbm.n_seeds=2",
-    "rakhlin.lightgbm.num_rounds=5",
-    "rakhlin.n_jobs=1",
-    "rakhlin.flush_every=2",
+    "method.views.n_augmentations=3",
+    "method.views.n_crops=2",
+    "method.lightgbm.n_seeds=2",
+    "method.lightgbm.num_rounds=5",
+    "method.n_jobs=1",
+    "method.flush_every=2",
     "trainer=cpu",
     "logger=csv",
 ]

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from histo_lightning.classifiers.gradient_boosting import (
+from histo_lightning.methods.rakhlin.gradient_boosting import (
     BoostingJob,
     BoostingSettings,
     average_views_and_seeds,

@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from histo_lightning.data.bach import CLASS_NAMES, CLASS_PREFIXES, BachDataModule
 from histo_lightning.data.base import DataContract
+from histo_lightning.data.datasets.bach import CLASS_NAMES, CLASS_PREFIXES, BachDataModule
 from histo_lightning.errors import ConfigError
 from histo_lightning.resources import RESOURCES_DIR
 from tests.bach.conftest import write_small_bach

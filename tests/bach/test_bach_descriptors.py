@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from histo_lightning.data.multicrop import (
+from histo_lightning.data.stain import scale_he
+from histo_lightning.errors import ConfigError
+from histo_lightning.methods.rakhlin.multicrop import (
     N_SYMMETRIES,
     ViewSettings,
     augmented_crops,
@@ -19,8 +21,6 @@ from histo_lightning.data.multicrop import (
     image_tensor,
     symmetry_grids,
 )
-from histo_lightning.data.stain import scale_he
-from histo_lightning.errors import ConfigError
 from histo_lightning.nets.pooling import NormPool, norm_pool
 
 # ---- Eq. 1 ---------------------------------------------------------------------------------------------

@@ -7,13 +7,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from histo_lightning.data.image_store import MemmapImageCache, Rescale, read_rgb
 from histo_lightning.data.stain import MacenkoNormalizer
 from histo_lightning.data.synthetic.he_render import (
     render_optical_density,
     sample_stain_style,
     smooth_noise,
 )
+from histo_lightning.stores.image_store import MemmapImageCache, Rescale, read_rgb
 
 
 def _he_tiffs(root: Path, n: int = 3, shape: tuple[int, int] = (96, 128)) -> list[Path]:

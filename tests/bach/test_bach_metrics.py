@@ -10,13 +10,13 @@ import pytest
 from PIL import Image
 
 from histo_lightning.errors import ConfigError
-from histo_lightning.metrics.bach import (
+from histo_lightning.methods.rakhlin.metrics import (
     bach_metrics,
     binary_metrics,
     carcinoma_score,
     four_class_confusion,
 )
-from histo_lightning.reporting.bach import write_report, write_submission
+from histo_lightning.methods.rakhlin.report import write_report, write_submission
 
 
 def test_carcinoma_score_is_the_authors_max_rule() -> None:

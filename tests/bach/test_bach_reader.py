@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from histo_lightning.data.bach import (
+from histo_lightning.data.datasets.bach import (
     CLASS_NAMES,
     CLASS_PREFIXES,
     GROUND_TRUTH_FILE,

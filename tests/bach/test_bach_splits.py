@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from histo_lightning.data.bach import CLASS_PREFIXES, bach_split, read_official_folds
+from histo_lightning.data.datasets.bach import CLASS_PREFIXES, bach_split, read_official_folds
 from histo_lightning.data.splits import SplitSpec, subsets_for_fold
 from histo_lightning.errors import ConfigError, DatasetLayoutError
 from histo_lightning.resources import RESOURCES_DIR, resource

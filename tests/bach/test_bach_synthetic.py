@@ -11,9 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from histo_lightning.data.bach import CLASS_NAMES, bach_preprocess, scan_bach
-from histo_lightning.data.image_store import MemmapImageCache
-from histo_lightning.data.multicrop import ViewSettings, image_descriptors, image_tensor
+from histo_lightning.data.datasets.bach import CLASS_NAMES, bach_preprocess, scan_bach
 from histo_lightning.data.synthetic.bach import (
     IMAGE_SHAPE,
     TRUTH_FILE,
@@ -22,6 +20,8 @@ from histo_lightning.data.synthetic.bach import (
     render_bach_image,
 )
 from histo_lightning.data.synthetic.tree import MARKER_FILE
+from histo_lightning.methods.rakhlin.multicrop import ViewSettings, image_descriptors, image_tensor
+from histo_lightning.stores.image_store import MemmapImageCache
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,9 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 
-from histo_lightning.data.multicrop import ViewSettings, image_descriptors
 from histo_lightning.errors import ConfigError
-from histo_lightning.models.descriptors import DescriptorExtractor
+from histo_lightning.methods.rakhlin.descriptors import DescriptorExtractor
+from histo_lightning.methods.rakhlin.multicrop import ViewSettings, image_descriptors
 from histo_lightning.nets.encoders import build_encoder
 from tests.bach.conftest import he_image
 from tests.conftest import CONF

@@ -14,9 +14,9 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from histo_lightning.data.feature_cache import FeatureCache, FeatureCacheMismatch
-from histo_lightning.models.descriptors import DescriptorExtractor
+from histo_lightning.methods.rakhlin.descriptors import DescriptorExtractor
 from histo_lightning.pipelines.runner import run_pipeline
+from histo_lightning.stores.feature_cache import FeatureCache, FeatureCacheMismatch
 
 MODELS = ("mobilenet_200", "mobilenet_325", "lcnet_200", "lcnet_325")
 METRICS = (
@@ -86,7 +86,7 @@ class _Killed(RuntimeError):
 def test_a_killed_descriptor_stage_computes_only_the_missing_images(
     rakhlin_cfg, monkeypatch
 ) -> None:
-    overrides = ("pipeline.order=[lcnet_200]", "rakhlin.views.seed=11")  # a cache of its own
+    overrides = ("pipeline.order=[lcnet_200]", "method.views.seed=11")  # a cache of its own
     original = DescriptorExtractor.predict_step
 
     def killed_at_image_5(self, batch, batch_idx, dataloader_idx=0):
@@ -159,7 +159,7 @@ def test_the_cache_refuses_another_encoder_at_the_same_path(rakhlin_cfg, tmp_pat
 def test_descriptor_only_jobs_fill_the_caches_the_full_pipeline_reads(rakhlin_cfg) -> None:
     """Way (b): experiment=rakhlin_descriptors encoder=<x> crop=<px> computes one model's descriptors;
     the full pipeline's stage with the same encoder and crop then computes nothing."""
-    views = "rakhlin.views.seed=5"  # caches of their own
+    views = "method.views.seed=5"  # caches of their own
     single = rakhlin_cfg(
         "encoder=lcnet_050",
         "encoder.weights=random",
@@ -221,7 +221,7 @@ def test_missing_encoder_or_crop_is_named_before_any_data_is_read(rakhlin_cfg) -
         PipelineRunner(rakhlin_cfg("crop=400", experiment="rakhlin_single")).check()
     with pytest.raises(ConfigError, match="needs crop=<px>"):
         PipelineRunner(rakhlin_cfg("encoder=resnet50", experiment="rakhlin_single")).check()
-    with pytest.raises(ConfigError, match=r"rakhlin\.views"):
-        PipelineRunner(rakhlin_cfg("+rakhlin.views.n_views=3")).check()
+    with pytest.raises(ConfigError, match=r"method\.views"):
+        PipelineRunner(rakhlin_cfg("+method.views.n_views=3")).check()
     with pytest.raises(ConfigError, match="runs no descriptor stage"):
         PipelineRunner(rakhlin_cfg("pipeline.order=[lightgbm,report]")).check()

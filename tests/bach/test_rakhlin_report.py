@@ -13,10 +13,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from histo_lightning.data.bach import CLASS_NAMES
-from histo_lightning.metrics.bach import binary_metrics
-from histo_lightning.pipelines.rakhlin import report
-from histo_lightning.reporting.rakhlin_tables import (
+from histo_lightning.data.datasets.bach import CLASS_NAMES
+from histo_lightning.methods.rakhlin.metrics import binary_metrics
+from histo_lightning.methods.rakhlin.pipeline import report
+from histo_lightning.methods.rakhlin.tables import (
     SEED_AVERAGED,
     FoldResult,
     model_label,

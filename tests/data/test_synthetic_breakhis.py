@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from histo_lightning.data.breakhis import FILENAME as FILENAME_RE
-from histo_lightning.data.breakhis import PATIENT_DIR as PATIENT_DIR_RE
+from histo_lightning.data.datasets.breakhis import FILENAME as FILENAME_RE
+from histo_lightning.data.datasets.breakhis import PATIENT_DIR as PATIENT_DIR_RE
 from histo_lightning.data.synthetic import breakhis as synth
 from histo_lightning.data.synthetic.breakhis import (
     SyntheticBreakHisConfig,

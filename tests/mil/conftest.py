@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import scipy.io
 
-from histo_lightning.data.colon import CLASSIFICATION_DIR, NUCLEUS_CLASSES, RELEASE_DIR
+from histo_lightning.data.datasets.colon import CLASSIFICATION_DIR, NUCLEUS_CLASSES, RELEASE_DIR
 from histo_lightning.data.synthetic.colon import SyntheticColonConfig, ensure_synthetic_colon
 from histo_lightning.data.synthetic.ucsb import SyntheticUcsbConfig, ensure_synthetic_ucsb
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from histo_lightning.data.base import DataContract
-from histo_lightning.data.colon import ColonDataModule, scan_colon
-from histo_lightning.data.digits_bags import DigitsBagsDataModule
-from histo_lightning.data.ucsb import UcsbDataModule
+from histo_lightning.data.datasets.colon import ColonDataModule, scan_colon
+from histo_lightning.data.datasets.digits_bags import DigitsBagsDataModule
+from histo_lightning.data.datasets.ucsb import UcsbDataModule
 from histo_lightning.errors import ConfigError
 
 SPLIT = {"scheme": "patient_kfold", "n_folds": 3, "val_fraction": 0.2, "seed": 0}

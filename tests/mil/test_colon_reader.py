@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import scipy.io
 
-from histo_lightning.data.colon import (
+from histo_lightning.data.datasets.colon import (
     RELEASE_DIR,
     build_colon_store,
     colon_bags,

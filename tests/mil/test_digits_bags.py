@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from histo_lightning.data.digits_bags import (
+from histo_lightning.data.datasets.digits_bags import (
     BagSampling,
     digits_bags,
     digits_pools,

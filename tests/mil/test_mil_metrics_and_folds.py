@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 import torch
 
+from histo_lightning.data.bag_folds import bag_split, repeat_seed
 from histo_lightning.data.splits import SplitSpec
 from histo_lightning.errors import ConfigError
 from histo_lightning.metrics.mil import BagMetrics, InstanceAttentionAUROC
-from histo_lightning.mil.folds import bag_split, repeat_seed
 
 
 def test_bag_metrics_hand_worked() -> None:

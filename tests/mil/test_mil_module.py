@@ -13,14 +13,14 @@ import pytorch_lightning as pl
 import torch
 from sklearn.metrics import roc_auc_score
 
-from histo_lightning.callbacks.mil_mining import HardNegativeMining
 from histo_lightning.data.bags import FeatureBagDataset
-from histo_lightning.data.feature_cache import FeatureCache
-from histo_lightning.data.instance_store import BagArrays
 from histo_lightning.losses.mil import ClampedBagBCE
-from histo_lightning.models.mil import EncoderFeatures, MILModule
+from histo_lightning.methods.li_mil.mining_callback import HardNegativeMining
+from histo_lightning.methods.li_mil.module import EncoderFeatures, MILModule
 from histo_lightning.nets.encoders import build_encoder
 from histo_lightning.nets.mil import build_mil_classifier
+from histo_lightning.stores.feature_cache import FeatureCache
+from histo_lightning.stores.instance_store import BagArrays
 
 
 def toy_bags(seed: int = 0, n_bags: int = 16, dim: int = 6) -> BagArrays:

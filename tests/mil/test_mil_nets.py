@@ -13,7 +13,6 @@ from histo_lightning.data.bags import (
     collate_bags,
     random_dihedral,
 )
-from histo_lightning.data.instance_store import BagArrays
 from histo_lightning.nets.mil import (
     AttentionPooling,
     IdentityEncoder,
@@ -27,6 +26,7 @@ from histo_lightning.nets.mil import (
     masked_softmax,
     pseudo_negatives,
 )
+from histo_lightning.stores.instance_store import BagArrays
 
 
 @pytest.mark.parametrize(
@@ -141,7 +141,7 @@ def test_renormalised_adaptive_weighting_keeps_z_a_convex_combination() -> None:
 
 def test_instance_embeddings_are_the_attention_network_without_its_last_layer() -> None:
     from histo_lightning.losses import ClampedBagBCE
-    from histo_lightning.models.mil import MILModule
+    from histo_lightning.methods.li_mil.module import MILModule
     from histo_lightning.nets.mil import build_mil_classifier
 
     net = build_mil_classifier({"name": "identity", "dim": 6}, pooling="softsign", attention_dim=4)

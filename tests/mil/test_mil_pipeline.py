@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from histo_lightning.data.colon import CLASSIFICATION_DIR, RELEASE_DIR
+from histo_lightning.data.datasets.colon import CLASSIFICATION_DIR, RELEASE_DIR
 from histo_lightning.pipelines.runner import run_pipeline
 from tests.conftest import run_cli
 from tests.mil.conftest import write_colon_image
@@ -171,8 +171,8 @@ def test_out_of_fold_mining_scores_every_training_bag_once_with_an_inner_model(m
     bags = pd.read_csv(mine_dir / "bags.csv")
     assert len(bags) == train_bags and bags["bag_name"].is_unique
     # the probabilities mined are the inner models' (each bag's from the model that left it out)
-    from histo_lightning.callbacks.mil_mining import bag_outputs
-    from histo_lightning.data.feature_cache import FeatureCache
+    from histo_lightning.methods.li_mil.mining_callback import bag_outputs
+    from histo_lightning.stores.feature_cache import FeatureCache
 
     inner: dict[str, float] = {}
     for i in (1, 2):
@@ -196,7 +196,7 @@ def test_mil_hnm_gives_identical_metrics_cold_warm_and_killed_during_retraining(
     """Li et al.'s pipeline, three ways: on a cold feature cache (the features stage computes every row),
     on a warm one (it computes nothing), and killed inside retraining's last epoch then rerun (train,
     mine and generate skipped, retrain resumed from its last.ckpt): byte-identical metrics.json."""
-    from histo_lightning.models.mil import MILModule
+    from histo_lightning.methods.li_mil.module import MILModule
 
     args = [
         *TINY_HNM,

@@ -12,11 +12,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from histo_lightning.reporting.mil_tables import write_tables
+from histo_lightning.methods.li_mil.tables import write_tables
 from histo_lightning.reporting.sweep import read_jobs, sweep_folders
 from histo_lightning.reporting.tables import build_report, layouts
 
-COLON = "histo_lightning.data.colon.ColonDataModule"
+COLON = "histo_lightning.data.datasets.colon.ColonDataModule"
 
 
 def job(

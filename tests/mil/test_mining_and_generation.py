@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from histo_lightning.mil.bag_generation import (
+from histo_lightning.methods.li_mil.bag_generation import (
     BagSizeStats,
     allocate,
     cap_allocation,
@@ -15,7 +15,11 @@ from histo_lightning.mil.bag_generation import (
     random_bags,
     single_bag,
 )
-from histo_lightning.mil.mining import false_positive_bags, hard_instances, mine_hard_negatives
+from histo_lightning.methods.li_mil.mining import (
+    false_positive_bags,
+    hard_instances,
+    mine_hard_negatives,
+)
 
 
 def test_false_positive_bags_are_negative_bags_predicted_positive() -> None:

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import scipy.io
 
-from histo_lightning.data.colon import CLASSIFICATION_DIR, RELEASE_DIR, scan_colon
+from histo_lightning.data.datasets.colon import CLASSIFICATION_DIR, RELEASE_DIR, scan_colon
+from histo_lightning.data.datasets.ucsb import IMAGE_DIR, scan_ucsb
 from histo_lightning.data.synthetic.colon import (
     DETECTION_DIR,
     TRUTH_FILE,
@@ -19,7 +20,6 @@ from histo_lightning.data.synthetic.colon import (
 )
 from histo_lightning.data.synthetic.tree import MARKER_FILE
 from histo_lightning.data.synthetic.ucsb import SyntheticUcsbConfig, generate_ucsb
-from histo_lightning.data.ucsb import IMAGE_DIR, scan_ucsb
 from histo_lightning.stores.store import INFO_FILE, LAST_USED
 
 
@@ -123,7 +123,7 @@ def test_ucsb_twin_names_and_determinism(ucsb_tiny: Path, tmp_path: Path) -> Non
 
 
 def test_colon_truth_joins_the_store_instances_exactly(colon_tiny: Path, tmp_path: Path) -> None:
-    from histo_lightning.data.colon import build_colon_store
+    from histo_lightning.data.datasets.colon import build_colon_store
 
     scan = scan_colon(colon_tiny)
     store = build_colon_store(scan, tmp_path / "cache")

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from histo_lightning.data.synthetic.ucsb import TRUTH_DIR
-from histo_lightning.data.ucsb import (
+from histo_lightning.data.datasets.ucsb import (
     IMAGE_DIR,
     UcsbPatching,
     build_ucsb_store,
@@ -23,6 +22,7 @@ from histo_lightning.data.ucsb import (
     parse_ucsb_name,
     scan_ucsb,
 )
+from histo_lightning.data.synthetic.ucsb import TRUTH_DIR
 from histo_lightning.errors import ConfigError, DatasetLayoutError
 
 

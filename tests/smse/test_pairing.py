@@ -8,13 +8,13 @@ import torch
 from lightning_fabric.utilities.distributed import DistributedSamplerWrapper
 from torch.utils.data import DataLoader, Dataset
 
-from histo_lightning.data.datasets import PairedDataset
-from histo_lightning.data.pairing import (
+from histo_lightning.data.sampling.pairing import (
     PairingSampler,
     draw_tuples,
     epoch_anchors,
     fixed_tuples,
 )
+from histo_lightning.data.torch_datasets import PairedDataset
 from histo_lightning.errors import ConfigError
 
 # 3 benign, 9 malignant: the imbalance of BreakHis

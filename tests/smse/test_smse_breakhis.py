@@ -9,15 +9,15 @@ import pytest
 import torch
 import yaml
 
-from histo_lightning.data.feature_cache import FeatureCache
 from histo_lightning.errors import ConfigError
 from histo_lightning.losses import ContrastiveLoss, ReinforcedFocalLoss, TripletLoss
+from histo_lightning.methods.smse.module import SimilarityClassifier
 from histo_lightning.metrics import ClassificationMetrics
-from histo_lightning.models import SimilarityClassifier
 from histo_lightning.nets import pnn2
+from histo_lightning.pipelines.runner import run_pipeline
 from histo_lightning.reporting.tables import build_report
 from histo_lightning.reporting.tables import main as tables_main
-from histo_lightning.train import train
+from histo_lightning.stores.feature_cache import FeatureCache
 from tests.conftest import SMOKE
 
 PAPER_KEYS = ["test/rr", "test/acc", "test/f1_benign", "test/f1_malignant", "test/auroc"]
@@ -26,7 +26,7 @@ MAG_KEYS = [f"test/rr_{m}x" for m in (40, 100, 200, 400)]
 
 def test_smse_breakhis_triplets_end_to_end(make_cfg) -> None:
     cfg = make_cfg(["experiment=smse_breakhis", *SMOKE, "fold=2"])
-    train(cfg)
+    run_pipeline(cfg)
     out = Path(cfg.paths.output_dir)
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(PAPER_KEYS + MAG_KEYS) <= set(metrics)
@@ -57,7 +57,7 @@ def test_pair_and_without_embedding_variants(
     experiment: str, pairing: str | None, make_cfg
 ) -> None:
     cfg = make_cfg([f"experiment={experiment}", *SMOKE, "pipeline=fit_test"])
-    train(cfg)
+    run_pipeline(cfg)
     out = Path(cfg.paths.output_dir)
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(PAPER_KEYS + MAG_KEYS) <= set(metrics)
@@ -69,7 +69,7 @@ def test_explicit_pairing_must_match_the_model(make_cfg) -> None:
     with pytest.raises(
         ConfigError, match=r"dataset.pairing=pair but the model .* trains on triplets"
     ):
-        train(make_cfg(["experiment=smse_breakhis", *SMOKE, "dataset.pairing=pair"]))
+        run_pipeline(make_cfg(["experiment=smse_breakhis", *SMOKE, "dataset.pairing=pair"]))
 
 
 def _module(embedding_loss, channels_last: bool = False) -> SimilarityClassifier:
@@ -225,3 +225,28 @@ def test_table_sweep_configs_compose() -> None:
             assert (cfg.loss.lam, cfg.loss.gamma) == (float(lam), float(gamma.replace("p", ".")))
             assert cfg.loss._target_.endswith("ReinforcedFocalLoss")
     GlobalHydra.instance().clear()
+
+
+def test_table10_is_a_sweep_and_the_old_experiments_name_it() -> None:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from histo_lightning.cli import explain
+    from tests.conftest import CONF
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        table10 = compose(
+            "train",
+            ["experiment=smse_paip", "hparams_search=smse_table10"],
+            return_hydra_config=True,
+        )
+        params = table10.hydra.sweeper.params
+        assert params["model"].split(",") == ["smse_pnn2", "smse_googlenet", "smse_resnet"]
+        assert params["embedding_loss"].split(",") == ["none", "contrastive", "triplet"]
+        assert list(table10.hydra.callbacks.smse_tables.layouts) == ["smse.table10"]
+    GlobalHydra.instance().clear()
+    message = explain(["experiment=smse_paip_resnet_ce"])
+    assert message is not None and "\n" not in message
+    assert "hparams_search=smse_table10" in message
+    assert "model=smse_resnet embedding_loss=none" in message

@@ -15,7 +15,7 @@ import pytest
 import tifffile
 from torch.utils.data import DataLoader
 
-from histo_lightning.data.paip import PaipDataModule, scan_paip
+from histo_lightning.data.datasets.paip import PaipDataModule, scan_paip
 from histo_lightning.data.synthetic.paip import (
     SyntheticPaipConfig,
     generate_paip,
@@ -35,7 +35,7 @@ from histo_lightning.data.wsi import (
     slide_info,
 )
 from histo_lightning.errors import ConfigError, CorruptImageError, DatasetLayoutError
-from histo_lightning.train import train
+from histo_lightning.pipelines.runner import run_pipeline
 
 TINY_PAIP = {"n_slides": 4, "height": 1024, "width": 1024}
 SMALL_PATCHES = {"patch_size": 64, "stride": 64, "n_per_slide": 30, "tissue_downsample": 16.0}
@@ -352,7 +352,7 @@ def test_smse_paip_end_to_end_on_synthetic_slides(make_cfg) -> None:
             "callbacks.model_summary=null",
         ]
     )
-    train(cfg)
+    run_pipeline(cfg)
     out = Path(cfg.paths.output_dir)
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"test/acc", "test/f1_normal", "test/f1_tumour", "test/auroc", "test/rr"} <= set(metrics)

@@ -1,6 +1,6 @@
 """Deterministic synthetic BACH microscopy images, written in the exact BACH layout.
 
-The tree written by :func:`generate_bach` is what :mod:`histo_lightning.data.bach` reads::
+The tree written by :func:`generate_bach` is what :mod:`histo_lightning.data.datasets.bach` reads::
 
     <root>/ICIAR2018_BACH_Challenge/Photos/{Normal,Benign,InSitu,Invasive}/{n,b,is,iv}NNN.tif
     <root>/ICIAR2018_BACH_Challenge/Photos/microscopy_ground_truth.csv     "b001.tif,Benign", no header
@@ -39,7 +39,7 @@ from typing import ClassVar
 import cv2
 import numpy as np
 
-from histo_lightning.data.bach import (
+from histo_lightning.data.datasets.bach import (
     CLASS_NAMES,
     CLASS_PREFIXES,
     GROUND_TRUTH_FILE,

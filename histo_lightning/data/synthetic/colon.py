@@ -1,6 +1,6 @@
 """Deterministic synthetic Colon cancer data in the exact CRCHistoPhenotypes layout.
 
-The tree written by :func:`generate_colon` is what :mod:`histo_lightning.data.colon` reads::
+The tree written by :func:`generate_colon` is what :mod:`histo_lightning.data.datasets.colon` reads::
 
     <root>/CRCHistoPhenotypes_2016_04_28/Classification/imgN/imgN.bmp              24-bit BMP, 0.55 µm/px
     <root>/CRCHistoPhenotypes_2016_04_28/Classification/imgN/imgN_<class>.mat      `detection`, K×2 x,y 1-based
@@ -50,7 +50,7 @@ import cv2
 import numpy as np
 import scipy.io
 
-from histo_lightning.data.colon import (
+from histo_lightning.data.datasets.colon import (
     CLASSIFICATION_DIR,
     KEY_CLASS,
     NUCLEUS_CLASSES,

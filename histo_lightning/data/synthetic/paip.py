@@ -36,7 +36,7 @@ import cv2
 import numpy as np
 import tifffile
 
-from histo_lightning.data.paip import mask_name, phase_dir
+from histo_lightning.data.datasets.paip import mask_name, phase_dir
 from histo_lightning.data.synthetic.he_render import (
     Ellipses,
     apply_acquisition,

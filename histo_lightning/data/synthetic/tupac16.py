@@ -1,6 +1,6 @@
 """Deterministic synthetic TUPAC16 mitosis data, written in the exact TUPAC16 (auxiliary) layout.
 
-The tree written by :func:`generate_tupac16` is what :mod:`histo_lightning.data.tupac16` reads::
+The tree written by :func:`generate_tupac16` is what :mod:`histo_lightning.data.datasets.tupac16` reads::
 
     <root>/mitoses_image_data/<case>/<NN>.tif        HPFs, RGB, 0.25 µm/px
     <root>/mitoses_ground_truth/<case>/<NN>.csv      "row,col" per annotated mitosis, no header
@@ -38,6 +38,12 @@ from typing import Any, ClassVar
 import cv2
 import numpy as np
 
+from histo_lightning.data.datasets.tupac16 import (
+    CENTRES,
+    ground_truth_path,
+    hpf_path,
+    test_hpf_path,
+)
 from histo_lightning.data.synthetic.he_render import (
     Ellipses,
     StainStyle,
@@ -52,12 +58,6 @@ from histo_lightning.data.synthetic.he_render import (
     smooth_noise,
 )
 from histo_lightning.data.synthetic.tree import SyntheticConfig, SyntheticGenerator, run_tasks
-from histo_lightning.data.tupac16 import (
-    CENTRES,
-    ground_truth_path,
-    hpf_path,
-    test_hpf_path,
-)
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Deterministic synthetic UCSB breast cancer data in the exact distributed layout.
 
-The tree written by :func:`generate_ucsb` is what :mod:`histo_lightning.data.ucsb` reads::
+The tree written by :func:`generate_ucsb` is what :mod:`histo_lightning.data.datasets.ucsb` reads::
 
     <root>/Breast Cancer Cells/ytma{NN}_{MMDDYY}_{benign|malignant}{k}_ccd.tif   RGB TIFF (PackBits)
     <root>/Breast Cancer Cells/ytma49_..._ccd.TIF                                 upper-case extension
@@ -38,6 +38,13 @@ import cv2
 import numpy as np
 import tifffile
 
+from histo_lightning.data.datasets.ucsb import (
+    IMAGE_DIR,
+    IMAGE_SIZE,
+    N_BENIGN,
+    N_MALIGNANT,
+    SYNTHETIC_TRUTH_DIR,
+)
 from histo_lightning.data.synthetic.he_render import (
     Ellipses,
     StainStyle,
@@ -55,13 +62,6 @@ from histo_lightning.data.synthetic.he_render import (
     soften,
 )
 from histo_lightning.data.synthetic.tree import SyntheticConfig, SyntheticGenerator, run_tasks
-from histo_lightning.data.ucsb import (
-    IMAGE_DIR,
-    IMAGE_SIZE,
-    N_BENIGN,
-    N_MALIGNANT,
-    SYNTHETIC_TRUTH_DIR,
-)
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Deterministic synthetic BreakHis: same on-disk layout as the real ``BreaKHis_v1`` release.
 
 The tree written by :func:`generate_breakhis` is what the real BreakHis reader
-(:mod:`histo_lightning.data.breakhis`) expects::
+(:mod:`histo_lightning.data.datasets.breakhis`) expects::
 
     <root>/BreaKHis_v1/histology_slides/breast/{benign,malignant}/SOB/<subtype>/
         SOB_B_A_14-22549AB/{40X,100X,200X,400X}/SOB_B_A-14-22549AB-40-001.png

@@ -1,7 +1,7 @@
 """Synthetic BreakHis, the cohort: the config, the patients (names on disk, latent tissue and stain
 parameters) and the dataset's own folds. Everything is a pure function of the config.
 
-Names and folders come from the BreakHis reader (:mod:`histo_lightning.data.breakhis`), so the generator
+Names and folders come from the BreakHis reader (:mod:`histo_lightning.data.datasets.breakhis`), so the generator
 writes exactly what the reader parses.
 """
 
@@ -14,14 +14,14 @@ from typing import ClassVar
 
 import numpy as np
 
-from histo_lightning.data.breakhis import (
+from histo_lightning.data.datasets.breakhis import (
     CLASS_SUBTYPES,
     MAGNIFICATIONS,
     SUBTYPES,
     image_path,
     patient_folder,
 )
-from histo_lightning.data.breakhis import file_name as breakhis_file_name
+from histo_lightning.data.datasets.breakhis import file_name as breakhis_file_name
 from histo_lightning.data.synthetic.he_render import StainStyle, sample_stain_style
 from histo_lightning.data.synthetic.tree import SyntheticConfig
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from histo_lightning.data.breakhis import MAGNIFICATIONS
+from histo_lightning.data.datasets.breakhis import MAGNIFICATIONS
 from histo_lightning.data.synthetic.breakhis.cohort import PatientSpec
 from histo_lightning.data.synthetic.breakhis.tissue import (
     ARCHITECTURE,

@@ -10,7 +10,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from histo_lightning.data.breakhis import FOLDS_FILE
+from histo_lightning.data.datasets.breakhis import FOLDS_FILE
 from histo_lightning.data.synthetic.breakhis.cohort import (
     IMAGE_TAG,
     PatientSpec,
