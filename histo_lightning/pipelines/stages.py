@@ -33,7 +33,8 @@ name)`` first (:mod:`histo_lightning.utils.seeding`).
     A module with a ``feature_shape()`` method (one sample's output shape) is not run on a sample to find
     it (expensive modules; stages whose rows are all cached then compute nothing at all).
     ``trainer.limit_predict_batches`` (``debug=smoke``) limits a stage's own store to the samples it
-    reaches and does not apply to a shared one, which is computed complete (see :class:`PredictStage`).
+    reaches and does not apply to a shared one, nor to one with ``output.complete: true`` (its readers look
+    rows up by sample index), which are computed complete (see :class:`PredictStage`).
     Callbacks with an ``on_features_ready(cache, ctx)`` method (e.g. hard-example mining) are called with
     the complete cache, also when every row was cached already.
 ``function``
@@ -410,6 +411,14 @@ class PredictStage(Stage):
         return bool(output.get("shared", False) or output.get("path"))
 
     @property
+    def computed_complete(self) -> bool:
+        """Whether a limited run still computes every row: a shared store, or a stage's own store whose
+        readers look rows up by sample index (``output.complete: true``, e.g. the MIL embeddings that
+        FMB's K-means reads for any hard negative)."""
+        output = self.cfg.get("output") or {}
+        return self.shared or bool(output.get("complete", False))
+
+    @property
     def batch_size(self) -> int:
         return int(self.cfg.get("batch_size") or self.ctx.cfg.dataset.get("eval_batch_size", 64))
 
@@ -451,7 +460,7 @@ class PredictStage(Stage):
             rng = np.random.default_rng(int(self.cfg.get("sample_seed", 0)))
             rows = np.sort(rng.choice(len(manifest), size=int(limit), replace=False))
             dataset, manifest = _subset(dataset, manifest, rows)
-        reached = None if self.shared else self.limited_rows(len(manifest))
+        reached = None if self.computed_complete else self.limited_rows(len(manifest))
         if reached is not None:
             log.info(
                 f"Stage {ctx.name}: trainer.limit_predict_batches="
@@ -541,9 +550,9 @@ class PredictStage(Stage):
         ctx = self.ctx
         limit = ctx.cfg.trainer.get("limit_predict_batches")
         complete_anyway = (
-            f" (trainer.limit_predict_batches={limit} does not apply to a shared store: it is "
-            "computed complete, never left half-built for other runs)"
-            if self.shared and self.limited_rows(cache.n) is not None
+            f" (trainer.limit_predict_batches={limit} does not apply to this store: it is "
+            "computed complete, never left half-built for its readers)"
+            if self.computed_complete and self.limited_rows(cache.n) is not None
             else ""
         )
         log.info(

@@ -238,6 +238,19 @@ def test_mil_hnm_gives_identical_metrics_cold_warm_and_killed_during_retraining(
     assert metrics[0] == metrics[1] == metrics[2]
 
 
+def test_a_smoke_run_computes_the_embeddings_fmb_reads_complete(make_cfg) -> None:
+    """debug=smoke limits predictions to two batches; the stage-1 embeddings FMB's K-means looks up by
+    instance index (``output.complete``) are computed complete anyway (a limited store held the first
+    rows only and generation failed with an IndexError on a hard negative beyond them)."""
+    cfg = make_cfg([*TINY_HNM, "debug=smoke", "pipeline.stages.embed.batch_size=4", *QUIET])
+    metrics = run_pipeline(cfg)
+    out = Path(cfg.paths.output_dir)
+    generation = json.loads((out / _folder("generate") / "generation.json").read_text())
+    assert generation["clusters"]["features"] == "mil" and metrics["generate/bags"] > 0
+    embed = json.loads((out / _folder("embed") / "done.json").read_text())
+    assert "limited" not in embed
+
+
 def test_mil_ilse_on_pixels_with_the_real_colon_config(make_cfg, colon_tiny: Path) -> None:
     cfg = make_cfg(
         [
