@@ -322,6 +322,17 @@ def usage(conf_dirs: Sequence[Path] = (CONF,)) -> str:
     others = sorted(set(files) - listed)
     if others:
         lines += ["", "Other experiments:", *listing(others)]
+    sweeps: dict[str, Path] = {}
+    for conf in reversed(conf_dirs):
+        sweeps.update({p.stem: p for p in sorted((Path(conf) / "hparams_search").glob("*.yaml"))})
+    if sweeps:
+        files.update(sweeps)
+        lines += [
+            "",
+            "Sweeps and searches (conf/hparams_search/; python run.py -m experiment=... "
+            "hparams_search=NAME):",
+            *listing(sorted(sweeps)),
+        ]
     lines += [
         "",
         "Config groups (conf/<group>/): dataset, model, loss, embedding_loss, encoder, pipeline, split, "

@@ -214,6 +214,8 @@ def test_help_prints_usage_experiments_by_paper_and_the_readme() -> None:
         for name in package.EXPERIMENTS:
             assert name in listed
     assert experiments <= set(listed)  # every experiment file once, with its first comment line
+    sweeps = {p.stem for p in (ROOT / "conf" / "hparams_search").glob("*.yaml")}
+    assert "smse_table10" in sweeps and sweeps <= set(listed)  # the sweeps and searches too
     assert (
         "chsnet_demo  " in out and "Hydra" in out and "_target_" not in out
     )  # not Hydra's config dump
