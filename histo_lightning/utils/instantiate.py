@@ -8,8 +8,7 @@ line instead of a traceback.
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 from typing import Any
 
 import hydra
@@ -18,6 +17,7 @@ from pytorch_lightning import Callback, LightningDataModule
 from pytorch_lightning.loggers import Logger
 
 from histo_lightning.errors import ConfigError, HistoError
+from histo_lightning.utils.imports import import_function  # noqa: F401  (re-exported)
 from histo_lightning.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -73,19 +73,6 @@ def instantiate_callbacks(cfg: DictConfig | None, exclude: Collection[str] = ())
 def instantiate_loggers(cfg: DictConfig | None) -> list[Logger]:
     """Every node with a ``_target_`` under ``logger``."""
     return _instantiate_all(cfg, "logger", Logger)
-
-
-def import_function(name: str, key: str = "fn") -> Callable[..., Any]:
-    """The function named ``package.module.function`` (a stage's or check's ``fn``); ``key`` names the
-    config key in the error."""
-    module_name, _, function = str(name).rpartition(".")
-    try:
-        found = getattr(importlib.import_module(module_name), function) if module_name else None
-    except (ImportError, AttributeError) as err:
-        raise ConfigError(f"{key}={name}: cannot import it ({err})") from None
-    if not callable(found):
-        raise ConfigError(f"{key}={name} is not a function (expected package.module.function)")
-    return found
 
 
 def build_datamodule(cfg: DictConfig) -> LightningDataModule:

@@ -9,12 +9,9 @@ run that cannot succeed ends within seconds; the stage runner runs them again be
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
 from omegaconf import DictConfig, OmegaConf
 
-from histo_lightning.errors import ConfigError
+from histo_lightning.utils.imports import import_function
 
 PREFLIGHT_KEY = "preflight"
 
@@ -25,14 +22,7 @@ def run_preflight(cfg: DictConfig) -> None:
     specs = pipeline.get(PREFLIGHT_KEY) if isinstance(pipeline, DictConfig) else None
     for spec in specs or []:
         spec = dict(OmegaConf.to_container(spec, resolve=False))
-        target = str(spec.pop("fn", ""))
-        module_name, _, function = target.rpartition(".")
-        try:
-            check: Any = getattr(importlib.import_module(module_name), function)
-        except (ImportError, AttributeError, ValueError):
-            raise ConfigError(
-                f"pipeline.{PREFLIGHT_KEY}: cannot import {target!r} (expected package.module.function)"
-            ) from None
+        check = import_function(str(spec.pop("fn", "")), key=f"pipeline.{PREFLIGHT_KEY}.fn")
         check(cfg, **spec)
 
 
