@@ -1,7 +1,7 @@
 """The data module shared by datasets of labelled images: index table → patient-level fold → datasets.
 
-A subclass says how to read its dataset (:meth:`HistoDataModule.load_table`, optionally
-:meth:`HistoDataModule.official_folds`); :class:`~histo_lightning.data.base.BaseDataModule` gives it the
+A subclass says how to read its dataset (:meth:`ImageTableDataModule.load_table`, optionally
+:meth:`ImageTableDataModule.official_folds`); :class:`~histo_lightning.data.base.BaseDataModule` gives it the
 root (real or synthetic), the split file, the corrupt-file policy and loaders exact under DDP, and this class
 the image source (a memory-mapped cache of the decoded images, or decoding on access), the per-subset
 :class:`~histo_lightning.data.torch_datasets.ImageTableDataset` with the batch layout
@@ -38,7 +38,7 @@ log = get_logger(__name__)
 TABLE_COLUMNS = ("path", "label", "patient", "group")
 
 
-class HistoDataModule(BaseDataModule):
+class ImageTableDataModule(BaseDataModule):
     """Base data module for datasets of labelled images grouped by patient.
 
     Args:

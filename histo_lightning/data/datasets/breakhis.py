@@ -27,7 +27,7 @@ from typing import Any
 
 import pandas as pd
 
-from histo_lightning.data.image_datamodule import HistoDataModule
+from histo_lightning.data.image_datamodule import ImageTableDataModule
 from histo_lightning.errors import ConfigError, DatasetLayoutError
 from histo_lightning.utils.logging import get_logger
 
@@ -256,12 +256,12 @@ def read_official_folds(root: str | Path, table: pd.DataFrame) -> tuple[pd.DataF
     return frame[["fold", "patient", "subset"]], str(source)
 
 
-class BreakHisDataModule(HistoDataModule):
+class BreakHisDataModule(ImageTableDataModule):
     """BreakHis, magnification-independent by default (all four magnifications pooled).
 
     Args:
         magnifications: which magnification folders to use (default all four).
-        **kwargs: :class:`~histo_lightning.data.image_datamodule.HistoDataModule` arguments; ``root`` is the
+        **kwargs: :class:`~histo_lightning.data.image_datamodule.ImageTableDataModule` arguments; ``root`` is the
             folder holding ``BreaKHis_v1/``, or ``synthetic`` (only ``dataset=breakhis_synthetic`` sets it:
             :class:`~histo_lightning.data.synthetic.breakhis.SyntheticBreakHisConfig` fields) generates a
             synthetic BreakHis tree once under ``synthetic_dir``, read with the same code as the real one.

@@ -30,7 +30,7 @@ from typing import Any
 
 import pandas as pd
 
-from histo_lightning.data.image_datamodule import HistoDataModule
+from histo_lightning.data.image_datamodule import ImageTableDataModule
 from histo_lightning.data.wsi import (
     PatchSpec,
     SlideHandles,
@@ -102,7 +102,7 @@ def scan_paip(root: str | Path, mask_kind: str = "viable") -> pd.DataFrame:
     return table
 
 
-class PaipDataModule(HistoDataModule):
+class PaipDataModule(ImageTableDataModule):
     """PAIP 2019 patches, tumour vs normal (SMSE §IV-D, Tables IX–X).
 
     Args:
@@ -113,7 +113,7 @@ class PaipDataModule(HistoDataModule):
         verify_patches: patches of each slide read back when its index is built (−1: all), so an
             undecodable slide is found before training.
         max_open_slides: openslide handles each process keeps open.
-        **kwargs: :class:`~histo_lightning.data.image_datamodule.HistoDataModule` arguments; ``root`` is the folder
+        **kwargs: :class:`~histo_lightning.data.image_datamodule.ImageTableDataModule` arguments; ``root`` is the folder
             holding ``Training_phase_*``, or ``synthetic`` (:class:`~histo_lightning.data.synthetic.paip.
             SyntheticPaipConfig` fields) generates a synthetic PAIP tree once under ``synthetic_dir``.
             ``image_cache`` must be ``none``: patches are read from the slides, never copied.
