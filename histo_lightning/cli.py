@@ -61,6 +61,9 @@ MOVED_KEYS: dict[str, str | None] = {
             "detection",
         )
     },
+    # Li et al.'s: mining in a top-level hnm:, the training protocol in the dataset config
+    "hnm": "method.hnm",
+    "dataset.protocol": "method.protocol",
     "task": None,
 }
 MOVED_KEY_NOTES = {

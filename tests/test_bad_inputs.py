@@ -277,7 +277,9 @@ def unwritable_run_dir(trees: Trees) -> tuple[list, list]:
 
 def misspelt_method(trees: Trees) -> tuple[list, list]:
     # refused before any stage runs (it used to fail after stage 1 trained and mined)
-    return [*MIL_HNM, "hnm.method=XB"], ["hnm.method='XB': expected one of SB, MB, FMB"]
+    return [*MIL_HNM, "method.hnm.method=XB"], [
+        "method.hnm.method='XB': expected one of SB, MB, FMB"
+    ]
 
 
 CATALOGUE = [
@@ -368,23 +370,26 @@ def test_an_empty_mitosis_csv_is_zero_mitoses(trees: Trees) -> None:
 MIL = ["experiment=mil_hnm", "dataset=colon_synthetic"]
 #: (overrides, the error line): every declared method choice, stage reference and job key
 CONFIG_CASES = {
-    "hnm_method": ([*MIL, "hnm.method=XB"], "hnm.method='XB': expected one of SB, MB, FMB"),
+    "hnm_method": (
+        [*MIL, "method.hnm.method=XB"],
+        "method.hnm.method='XB': expected one of SB, MB, FMB",
+    ),
     "hnm_allocation": (
-        [*MIL, "hnm.allocation=stratified"],
-        "hnm.allocation='stratified': expected one of proportional, multinomial",
+        [*MIL, "method.hnm.allocation=stratified"],
+        "method.hnm.allocation='stratified': expected one of proportional, multinomial",
     ),
     "hnm_n_bags": (
-        [*MIL, "hnm.n_bags=0"],
-        "hnm.n_bags=0: expected a number of bags (at least 1) or 'false_positives'",
+        [*MIL, "method.hnm.n_bags=0"],
+        "method.hnm.n_bags=0: expected a number of bags (at least 1) or 'false_positives'",
     ),
     "hnm_init_from": (
-        [*MIL, "hnm.init_from=stage1"],
-        "hnm.init_from='stage1': expected an earlier enabled fit stage of this pipeline (stage "
+        [*MIL, "method.hnm.init_from=stage1"],
+        "method.hnm.init_from='stage1': expected an earlier enabled fit stage of this pipeline (stage "
         "'retrain'), one of ['train']",
     ),
     "hnm_clusters": (
-        [*MIL, "hnm.clusters=abc"],
-        "hnm.clusters='abc': expected an integer of at least 1",
+        [*MIL, "method.hnm.clusters=abc"],
+        "method.hnm.clusters='abc': expected an integer of at least 1",
     ),
     "mining_threshold": (
         ["experiment=chsnet_demo", "method.mining.threshold=2"],
@@ -395,8 +400,8 @@ CONFIG_CASES = {
         "model.net.pooling='attention': expected one of tanh, gated, softsign, mean, max",
     ),
     "mil_encoder": (
-        ["experiment=mil_ilse", "dataset.protocol.encoder.name=ilse"],
-        "dataset.protocol.encoder.name='ilse': expected one of ilse_cnn, lenet, timm, identity",
+        ["experiment=mil_ilse", "method.protocol.encoder.name=ilse"],
+        "method.protocol.encoder.name='ilse': expected one of ilse_cnn, lenet, timm, identity",
     ),
     "monitor_mode": (
         ["experiment=mil_ilse", "model.monitor_mode=lowest"],
@@ -423,10 +428,16 @@ CONFIG_CASES = {
         "embedding_loss.form='cosine': expected one of paper, hadsell",
     ),
     "dataset_mismatch": (
-        ["experiment=mil_hnm", "dataset=bach_synthetic"],
-        "split.n_folds: it refers to dataset.protocol.n_folds, which is not in the composed config "
-        "(dataset=bach_synthetic has no such key); expected config groups that fit together (e.g. a "
+        ["experiment=smse_paip", "dataset=colon"],
+        "model.net.num_classes: it refers to dataset.num_classes, which is not in the composed config "
+        "(dataset=colon has no such key); expected config groups that fit together (e.g. a "
         "dataset this experiment supports)",
+    ),
+    "mil_protocol_missing": (
+        ["experiment=mil_hnm", "dataset=bach_synthetic"],
+        "dataset=bach_synthetic: Li et al.'s MIL experiments have no protocol for it (method.protocol "
+        "comes from conf/protocol/li_mil/bach_synthetic.yaml; there are: colon, colon_synthetic, "
+        "digits_bags, mnist_bags, ucsb, ucsb_synthetic); write that file or choose one of those datasets",
     ),
     "batch_size": (
         ["experiment=breakhis_baseline", "dataset.batch_size=0"],
@@ -476,7 +487,13 @@ def test_the_defaults_and_other_spellings_pass(make_cfg) -> None:
 
     for overrides in (
         MIL,
-        [*MIL, "hnm.method=fmb", "hnm.n_bags=4", "hnm.init_from=train", "repeat=5"],
+        [
+            *MIL,
+            "method.hnm.method=fmb",
+            "method.hnm.n_bags=4",
+            "method.hnm.init_from=train",
+            "repeat=5",
+        ],
         ["experiment=chsnet_demo"],
         ["experiment=rakhlin_demo"],
         ["experiment=smse_breakhis_pair"],

@@ -235,6 +235,15 @@ def test_moved_keys_fail_in_one_line_naming_the_new_key(tmp_path: Path) -> None:
         "`method:` node per experiment, docs/architecture.md)"
     )
     assert explain(["experiment=chsnet_demo", "model.detection_report.overlays=false"]) is None
+    # Li et al.'s: mining (top-level hnm:) and the training protocol (in the dataset config) moved too
+    assert explain(["experiment=mil_hnm", "hnm.k=2"]) == (
+        "hnm.k: moved to method.hnm.k (a method's settings are one `method:` node per experiment, "
+        "docs/architecture.md)"
+    )
+    assert explain(["experiment=mil_ilse", "+dataset.protocol.lr=1e-3"]).startswith(
+        "dataset.protocol.lr: moved to method.protocol.lr"
+    )
+    assert explain(["experiment=mil_hnm", "method.hnm.k=2", "method.protocol.lr=1e-3"]) is None
     result = run_cli(["task=histo_lightning.pipelines.runner.run_pipeline"], timeout=120)
     assert result.returncode == 2
     assert _error_lines(result.stderr)[0].startswith("error: task: removed;")

@@ -59,7 +59,8 @@ def test_every_experiment_instantiates(experiment: str, make_cfg) -> None:
 @pytest.mark.parametrize("model", _options("model"))
 def test_every_model_runs_a_batch(model: str, make_cfg) -> None:
     if model.startswith("mil_"):  # bag models: a padded batch of two digit bags (3 and 5 instances)
-        cfg = make_cfg(["dataset=digits_bags", "loss=bag_bce", f"model={model}"])
+        # their encoder, lr and weight decay are Li et al.'s protocol for the dataset (method=li_mil)
+        cfg = make_cfg(["dataset=digits_bags", "method=li_mil", "loss=bag_bce", f"model={model}"])
         module = hydra.utils.instantiate(cfg.model)
         instances, mask = torch.rand(2, 5, 1, 8, 8), torch.ones(2, 5, dtype=torch.bool)
         mask[0, 3:] = False
@@ -200,10 +201,29 @@ def test_the_command_line_replaces_the_protocol_lists() -> None:
     assert _fold_repeat_pairs(sweep_jobs([*colon, "fold=3"])) == [(3, r) for r in range(1, 6)]
     assert _fold_repeat_pairs(sweep_jobs([*colon, "fold=3", "repeat=2"])) == [(3, 2)]
     assert len(sweep_jobs([*colon, "repeat=1,2"])) == 20
-    # dataset.protocol.repetitions is what the sweep reads
-    assert len(sweep_jobs([*colon, "dataset.protocol.repetitions=2"])) == 20
+    # method.protocol.repetitions is what the sweep reads
+    assert len(sweep_jobs([*colon, "method.protocol.repetitions=2"])) == 20
     # an Optuna search pins the fold instead of optimising over it
     cfg = _compose(
         ["experiment=breakhis_baseline", "hparams_search=breakhis_optuna", "fold=2"], True
     )
     assert str(cfg.hydra.sweeper.params.fold) == "2"
+
+
+def test_dataset_configs_hold_data_settings_only_and_each_protocol_names_a_dataset() -> None:
+    """A dataset config describes the data (reader, layout, loaders); a method's training settings for
+    it (Li et al.'s folds, learning rate, epochs, encoder, the synthetic demos' shortcuts) live in
+    conf/protocol/<method>/<dataset>.yaml, which conf/train.yaml picks by the dataset's name."""
+    training_keys = {"protocol", "lr", "epochs", "weight_decay", "max_epochs", "optimizer"}
+    for path in sorted((CONF / "dataset").glob("*.yaml")):
+        keys = set(OmegaConf.load(path).keys())
+        assert not keys & training_keys, f"{path.name}: {sorted(keys & training_keys)}"
+    protocols = sorted((CONF / "protocol" / "li_mil").glob("*.yaml"))
+    assert {p.stem for p in protocols} >= {"colon", "colon_synthetic", "ucsb", "ucsb_synthetic"}
+    for path in protocols:
+        assert (CONF / "dataset" / path.name).is_file()
+        cfg = _compose(["experiment=mil_ilse", f"dataset={path.stem}"])
+        assert cfg.method.name == "li_mil" and cfg.method.protocol.epochs == cfg.trainer.max_epochs
+        assert cfg.model.optimizer.lr == cfg.method.protocol.lr
+    # other methods get no protocol node
+    assert "protocol" not in (_compose(["experiment=chsnet_demo"]).method or {})

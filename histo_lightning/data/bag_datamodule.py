@@ -20,8 +20,8 @@ digits bags and MNIST bags, what does not depend on the dataset:
 * **generated bags** (:meth:`add_generated_bags`): hard-negative bags (Li et al. §3.0.3) added to the
   training set of this fold for retraining; validation and test bags never change;
 * **counts** of images, bags, instances, positive bags and key instances per subset in :meth:`describe`
-  (``run_info.json``) and the log; ``protocol`` (the paper's training settings for this dataset and, for
-  the synthetic demo, its departures from them) is recorded there too.
+  (``run_info.json``) and the log. A method's training settings for the dataset (Li et al.'s protocol,
+  ``method.protocol``) are not the data's: they live in ``conf/protocol/li_mil/``.
 
 A dataset module sets the class attributes and implements :meth:`read_bags` (build or open its instance
 store) and :meth:`data_key`; datasets without folds (digits bags: disjoint training and test pools)
@@ -45,7 +45,7 @@ from histo_lightning.data.bags import (
     InstanceBagDataset,
     InstanceDataset,
 )
-from histo_lightning.data.base import BaseDataModule, settings_dict
+from histo_lightning.data.base import BaseDataModule
 from histo_lightning.errors import ConfigError
 from histo_lightning.stores.instance_store import Bags, InstanceStore
 from histo_lightning.utils.logging import get_logger
@@ -87,8 +87,6 @@ class BagDataModule(BaseDataModule):
         fold: the test fold, 1…K. split: the ``split`` group (``patient_kfold``: the bag is the patient).
         repeat: the repetition of the protocol (1-based; reshuffles the folds).
         augment: random flips and 90° rotations of training instances (§4.0.1; pixel bags only).
-        protocol: the paper's training settings for this dataset (``n_folds``, ``lr``, ...) and the
-            demo's ``departures`` from them; recorded in ``run_info.json``, used by the experiments.
         batch_size: bags per training step (the papers: 1); eval_batch_size: bags per evaluation step.
         **kwargs: :class:`~histo_lightning.data.base.BaseDataModule` arguments.
     """
@@ -107,7 +105,6 @@ class BagDataModule(BaseDataModule):
         split: Mapping[str, Any],
         repeat: int = 1,
         augment: bool = True,
-        protocol: Mapping[str, Any] | None = None,
         batch_size: int = 1,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
@@ -127,14 +124,12 @@ class BagDataModule(BaseDataModule):
         self.base_split_seed = self.split_spec.seed
         self.split_spec = repeat_spec(self.split_spec, self.repeat)  # checks repeat
         self.augment = bool(augment)
-        self.protocol = settings_dict(protocol) or {}
         self.bags: Bags | None = None
         self.bag_ids: dict[str, np.ndarray] = {}
         self.generated: list[np.ndarray] = []
         self.generated_source: str | None = None
         self.features: Any = None
         self.features_source: str | None = None
-        self._departures_logged = False
 
     # ---- what a dataset provides ----------------------------------------------------------------------
     def read_bags(self) -> Bags:
@@ -191,12 +186,6 @@ class BagDataModule(BaseDataModule):
                 for s, c in counts.items()
             )
         )
-        departures = self.protocol.get("departures")
-        if departures and not self._departures_logged:
-            log.warning(
-                f"{self.name}: demo settings, departing from the paper: " + "; ".join(departures)
-            )
-            self._departures_logged = True
 
     # ---- what the pipeline changes ------------------------------------------------------------------
     def add_generated_bags(self, members: Sequence[np.ndarray], source: str) -> None:
@@ -335,7 +324,6 @@ class BagDataModule(BaseDataModule):
         info.update(
             repeat=self.repeat,
             split_seed=self.split_spec.seed,
-            protocol=self.protocol,
             instances="features" if self.features is not None else "pixels",
             features_source=self.features_source,
         )

@@ -242,9 +242,11 @@ class InstanceDataset(Dataset):
     """Single instances of an ``(N, H, W, C)`` uint8 array, e.g. every instance of a dataset through a
     frozen encoder into the feature cache (FMB's features, feature bags).
 
-    Items: ``{"index": i, "image": (3, H, W) float32 in [0, 1], "label": instance label}``; one-channel
-    instances (digits, MNIST) are repeated to three channels for RGB encoders. Over an ``(N, D)`` feature
-    matrix (a view that uses feature bags), ``image`` is the instance's feature row (float32).
+    Items: ``{"index": i, "image": (C, H, W) float32 in [0, 1], "label": instance label}`` with the
+    instances' own channels, as the bags give them to the MIL network (one for digits and MNIST: the MIL
+    network's LeNet embeds them, ``method.hnm.cluster_features=mil``; an RGB encoder repeats them,
+    :class:`~histo_lightning.methods.li_mil.module.EncoderFeatures`). Over an ``(N, D)`` feature matrix (a
+    view that uses feature bags), ``image`` is the instance's feature row (float32).
     """
 
     def __init__(
@@ -264,8 +266,6 @@ class InstanceDataset(Dataset):
             vector = torch.from_numpy(np.asarray(self.instances[row], dtype=np.float32))
             return {"index": i, "image": vector, "label": label}
         pixels = torch.from_numpy(np.array(self.instances[row])).permute(2, 0, 1).float() / 255.0
-        if pixels.shape[0] == 1:
-            pixels = pixels.expand(3, -1, -1).contiguous()
         return {"index": i, "image": pixels, "label": label}
 
 

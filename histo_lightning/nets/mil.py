@@ -374,7 +374,7 @@ ENCODERS: dict[str, type[nn.Module]] = {
 def build_instance_encoder(spec: Mapping[str, Any] | nn.Module) -> nn.Module:
     """An instance encoder from ``{name: ilse_cnn|lenet|timm|identity, **its arguments}`` (or as given).
 
-    The datasets' configs name the paper's encoder (``dataset.protocol.encoder``): ``ilse_cnn`` with
+    The datasets' configs name the paper's encoder (``method.protocol.encoder``): ``ilse_cnn`` with
     ``patch_size`` 27 (Colon) or 32 (UCSB), ``lenet`` with ``image_size`` 8 (digits) or 28 (MNIST).
     Keys set to None are left out (a derived config drops a key of the one it extends that way, e.g.
     ``{name: identity, dim: 512, patch_size: null}``).

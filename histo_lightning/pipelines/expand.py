@@ -17,7 +17,7 @@ its place in the stage order::
 becomes the stages ``inner_fit_1, inner_fit_2, inner_fit_3, inner_score_1, …``. In each copy the key
 ``item`` holds the item, and every string of the declaration has ``{item}`` replaced by it (a string
 that is exactly ``"{item}"`` becomes the item itself, an integer stays an integer); interpolations
-(``${hnm.inner_folds}``) stay interpolations into the run's config. Each expanded stage
+(``${method.hnm.inner_folds}``) stay interpolations into the run's config. Each expanded stage
 is an ordinary stage: seeded from its own name, fingerprinted, skipped or redone on its own. A
 ``pipeline.order`` that names the declaration gets its expansion in that place.
 """
@@ -102,7 +102,7 @@ def expand_pipeline(cfg: DictConfig) -> DictConfig:
         try:
             items = foreach_items(name, node[FOREACH])
             # interpolations stay (resolved in the run's config, and named by the checks as the user
-            # wrote them, e.g. hnm.inner_folds)
+            # wrote them, e.g. method.hnm.inner_folds)
             plain = OmegaConf.to_container(node, resolve=False)
         except OmegaConfBaseException as err:
             cause = err.__cause__ or err

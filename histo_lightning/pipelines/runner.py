@@ -69,7 +69,11 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities.seed import isolate_rng
 
 from histo_lightning.errors import ConfigError
-from histo_lightning.pipelines.run_report import log_hyperparameters, write_run_report
+from histo_lightning.pipelines.run_report import (
+    departures_from_paper,
+    log_hyperparameters,
+    write_run_report,
+)
 from histo_lightning.pipelines.stages import STAGE_KINDS, load_weights
 from histo_lightning.utils.fingerprint import describe_differences, digest
 from histo_lightning.utils.hydra_ddp import prepare_ddp_subprocess_launch
@@ -533,6 +537,11 @@ class PipelineRunner:
     def run(self) -> dict[str, float]:
         started = time.time()
         self.check()
+        departures = departures_from_paper(self.cfg).get("departures_from_paper")
+        if departures:
+            log.warning(
+                "Demo settings, departing from the paper: " + "; ".join(map(str, departures))
+            )
         seed_run(self.cfg)
         self.datamodule = build_datamodule(self.cfg)
         self.datamodule.setup("fit")

@@ -9,7 +9,7 @@ declares which of its arguments take one of a fixed set of values::
 :func:`check_config_choices` walks the composed config and checks every declared argument of every node
 that names such a target, so a misspelt method fails in one ``error:`` line before any data is read or
 any stage runs (the stage runner calls it first, in ``PipelineRunner.check``), not after training. The
-line names the key the user sets: for ``kwargs: {method: ${hnm.method}}`` it is ``hnm.method``. A name
+line names the key the user sets: for ``kwargs: {method: ${method.hnm.method}}`` it is ``method.hnm.method``. A name
 may be dotted (``encoder.name``: a key of a dict argument). An argument the node does not set keeps the
 target's default and is not checked. Stages switched off (``enabled: false``) are not checked.
 
@@ -17,7 +17,7 @@ A spec is a tuple of values (:class:`OneOf`), a :class:`OneOf` (with ``ignore_ca
 :class:`Accepts` (a predicate and what it expects, e.g. "a number of bags ≥ 1 or 'false_positives'").
 The consumer may keep its own check for direct Python calls; the declaration is what the config is
 checked against. :func:`check_stage_references` checks the other kind of fixed choice, a stage's ``from``
-and ``init_from`` (an earlier stage of the pipeline, e.g. ``hnm.init_from``); :func:`check_config` runs both.
+and ``init_from`` (an earlier stage of the pipeline, e.g. ``method.hnm.init_from``); :func:`check_config` runs both.
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ def _import(path: str) -> Any:
 
 
 def _interpolation_source(node: DictConfig, key: str) -> str | None:
-    """``hnm.method`` when ``node[key]`` is ``${hnm.method}`` (followed through chains), else None."""
+    """``method.hnm.method`` when ``node[key]`` is ``${method.hnm.method}`` (followed through chains), else None."""
     source = None
     for _ in range(16):
         child = node._get_node(key)
@@ -249,7 +249,7 @@ def _target_and_arguments(node: DictConfig) -> tuple[Any, DictConfig] | None:
 
 def check_arguments(target: Any, arguments: Mapping[str, Any] | DictConfig) -> None:
     """Raise a :class:`ConfigError` for the first declared argument of ``target`` whose value is not
-    allowed, naming the key the user sets (``hnm.method='XB': expected one of SB, MB, FMB``)."""
+    allowed, naming the key the user sets (``method.hnm.method='XB': expected one of SB, MB, FMB``)."""
     node = arguments if isinstance(arguments, DictConfig) else OmegaConf.create(dict(arguments))
     for name, spec in declared_choices(target).items():
         present, value, key = _argument(node, name)
@@ -274,7 +274,7 @@ STAGE_REFERENCES = {"from": False, "init_from": True}
 
 def check_stage_references(pipeline: DictConfig, order: Sequence[str]) -> None:
     """Every ``from``/``init_from`` of an enabled stage names a stage before it (``init_from``: an
-    enabled fit stage), so that ``hnm.init_from=stage1`` fails before stage 1 trains, not after.
+    enabled fit stage), so that ``method.hnm.init_from=stage1`` fails before stage 1 trains, not after.
 
     ``from`` may name a disabled stage: a test stage then evaluates ``ckpt_path`` (``train=false``).
     """
@@ -331,7 +331,7 @@ def check_job_keys(cfg: DictConfig) -> None:
 
 def check_references_resolve(cfg: DictConfig) -> None:
     """Every interpolation names a key that exists: ``experiment=mil_hnm dataset=bach_synthetic`` leaves
-    ``split.n_folds: ${dataset.protocol.n_folds}`` pointing at nothing (config groups that do not fit
+    ``split.n_folds: ${method.protocol.n_folds}`` pointing at nothing (config groups that do not fit
     together). Other resolution failures (``${hydra:...}`` outside a job) are not this check's business."""
     from omegaconf.errors import InterpolationKeyError
 

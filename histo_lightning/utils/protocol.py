@@ -1,7 +1,7 @@
 """The jobs of a sweep, listed without running them: what ``python run.py -m <overrides>`` would launch.
 
 Each paper experiment declares its protocol in ``hydra.sweeper.params`` (e.g. the MIL experiments:
-``fold: ${hl.range:${dataset.protocol.n_folds}}``, ``repeat: ${hl.range:${dataset.protocol.repetitions}}``),
+``fold: ${hl.range:${method.protocol.n_folds}}``, ``repeat: ${hl.range:${method.protocol.repetitions}}``),
 so ``python run.py -m experiment=mil_hnm dataset=colon`` runs every fold × repetition of the paper, and
 an override on the command line (``fold=3``) replaces that key's list. :func:`sweep_jobs` composes the
 config as Hydra does for the sweep and expands the declared params with the command line's overrides by

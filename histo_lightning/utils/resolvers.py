@@ -8,12 +8,12 @@
   stage's network a pipeline injects, by an ablation switch).
 * ``${hl.all:<a>,<b>,...}``: whether every argument is true (e.g. a stage enabled by two switches).
 * ``${hl.eq:<a>,<b>}``: whether two values are equal (strings compared case-insensitively), e.g. a stage
-  enabled by one value of a choice (``${hl.eq:${hnm.cluster_features},mil}``).
+  enabled by one value of a choice (``${hl.eq:${method.hnm.cluster_features},mil}``).
 * ``${hl.repeat_seed:<seed>,<repeat>}``: the seed of repetition ``repeat`` (1-based) of a protocol,
   ``seed + 1000 · (repeat − 1)`` (the MIL experiments reseed training with it, as their folds).
 * ``${hl.range:<n>}``: ``"1,2,…,n"``, a sweep over 1…n as Hydra's override grammar reads it: the
   experiments declare their paper's protocol with it in ``hydra.sweeper.params`` (``fold:
-  ${hl.range:${dataset.protocol.n_folds}}``), so ``python run.py -m experiment=…`` runs every fold ×
+  ${hl.range:${method.protocol.n_folds}}``), so ``python run.py -m experiment=…`` runs every fold ×
   repetition of the paper and ``fold=3`` on the command line still wins.
 """
 

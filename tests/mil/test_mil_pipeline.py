@@ -34,11 +34,11 @@ TINY_HNM = [
     "experiment=mil_hnm",
     "dataset=colon_synthetic",
     "dataset.synthetic.preset=tiny",
-    "dataset.protocol.n_folds=3",
-    "dataset.protocol.epochs=2",
-    "dataset.protocol.val_fraction=0.2",
+    "method.protocol.n_folds=3",
+    "method.protocol.epochs=2",
+    "method.protocol.val_fraction=0.2",
     # every negative training bag counts as a false positive, so mining and generation have work
-    "hnm.threshold=0.0",
+    "method.hnm.threshold=0.0",
     "fold=2",
     *QUIET,
 ]
@@ -98,7 +98,7 @@ def test_mil_hnm_runs_every_stage_skips_on_rerun_and_redoes_mining_when_k_change
         == json.loads((out / "run_info.json").read_text())["data"]["test"]["bags"]
     )
     info = _info(cfg)
-    assert info["synthetic_data"] is True and info["data"]["protocol"]["departures"]
+    assert info["synthetic_data"] is True and info["departures_from_paper"]
     assert info["pipeline"]["hnm"]["cluster_features"] == "mil"  # the choice, in the run's report
     # the retraining stage's own data view held the generated bags; the run's data module and the test
     # stage's view never did
@@ -115,7 +115,7 @@ def test_mil_hnm_runs_every_stage_skips_on_rerun_and_redoes_mining_when_k_change
     assert set(_statuses(cfg).values()) == {"skipped"}
     assert again == metrics
 
-    run_pipeline(make_cfg([*TINY_HNM, "hnm.k=2.0"]))
+    run_pipeline(make_cfg([*TINY_HNM, "method.hnm.k=2.0"]))
     assert _statuses(cfg) == {
         "features": "skipped",
         "train": "skipped",
@@ -129,18 +129,18 @@ def test_mil_hnm_runs_every_stage_skips_on_rerun_and_redoes_mining_when_k_change
 
 
 def test_out_of_fold_mining_scores_every_training_bag_once_with_an_inner_model(make_cfg) -> None:
-    """hnm.mine_on=out_of_fold: `foreach` expands inner_fit/inner_score into one stage per inner fold;
+    """method.hnm.mine_on=out_of_fold: `foreach` expands inner_fit/inner_score into one stage per inner fold;
     each training bag is scored by the inner model that did not train on it, and mining reads those
-    pooled scores. FMB clusters the frozen encoder's features (hnm.cluster_features=encoder)."""
+    pooled scores. FMB clusters the frozen encoder's features (method.hnm.cluster_features=encoder)."""
     import pandas as pd
 
     cfg = make_cfg(
         [
             *TINY_HNM,
-            "hnm.threshold=0.5",
-            "hnm.mine_on=out_of_fold",
-            "hnm.inner_folds=2",
-            "hnm.cluster_features=encoder",
+            "method.hnm.threshold=0.5",
+            "method.hnm.mine_on=out_of_fold",
+            "method.hnm.inner_folds=2",
+            "method.hnm.cluster_features=encoder",
         ]
     )
     run_pipeline(cfg)
@@ -200,7 +200,7 @@ def test_mil_hnm_gives_identical_metrics_cold_warm_and_killed_during_retraining(
 
     args = [
         *TINY_HNM,
-        "dataset.protocol.epochs=3",
+        "method.protocol.epochs=3",
         f"paths.cache_dir={tmp_path / 'cache'}",  # cold for this test, whatever ran before it
         "pipeline.stages.test.callbacks.report.max_heatmaps=1",
     ]
@@ -257,7 +257,7 @@ def test_mil_ilse_on_pixels_with_the_real_colon_config(make_cfg, colon_tiny: Pat
             "experiment=mil_ilse",
             "dataset=colon",
             f"dataset.root={colon_tiny}",
-            "dataset.protocol.n_folds=3",
+            "method.protocol.n_folds=3",
             "debug=smoke",
             *QUIET,
         ]
@@ -266,7 +266,7 @@ def test_mil_ilse_on_pixels_with_the_real_colon_config(make_cfg, colon_tiny: Pat
     assert "test/auroc" in metrics and "test/inst_auroc" in metrics
     statuses = _statuses(cfg)
     assert statuses == {"fit": "ran", "test": "ran"}  # pixels: no feature stage
-    assert _info(cfg)["data"]["protocol"]["encoder"] == {"name": "ilse_cnn", "patch_size": 27}
+    assert cfg.method.protocol.encoder == {"name": "ilse_cnn", "patch_size": 27}
 
 
 def test_mil_ilse_on_digits_bags(make_cfg) -> None:
@@ -284,6 +284,29 @@ def test_mil_ilse_on_digits_bags(make_cfg) -> None:
     assert {"test/auroc", "test/inst_auroc"} <= set(metrics)
     heatmaps = list((Path(cfg.paths.output_dir) / "03_test" / "heatmaps").glob("*.png"))
     assert heatmaps  # mosaics of the digits of each test bag
+
+
+def test_mil_hnm_fmb_on_one_channel_digits_clusters_the_mil_embeddings(make_cfg) -> None:
+    """FMB's K-means over the stage-1 MIL network's instance embeddings (the default
+    method.hnm.cluster_features=mil) on one-channel digits: the instances reach the MIL network's LeNet
+    with their one channel (they were repeated to RGB for the frozen encoder, and the embed stage
+    failed with "expected input[1, 3, 8, 8] to have 1 channels")."""
+    cfg = make_cfg(
+        [
+            "experiment=mil_hnm",
+            "dataset=digits_bags",
+            "dataset.n_train_bags=20",
+            "dataset.n_test_bags=10",
+            "method.hnm.threshold=0.0",
+            "trainer.max_epochs=1",
+            *QUIET,
+        ]
+    )
+    metrics = run_pipeline(cfg)
+    assert "test/auroc" in metrics
+    statuses = _statuses(cfg)
+    assert statuses["embed"] == "ran" and statuses["generate"] == "ran"
+    assert _info(cfg)["stages"]["generate"]["metrics"]["generate/bags"] >= 1
 
 
 @pytest.mark.parametrize(
@@ -331,8 +354,8 @@ def test_bad_colon_input_gives_one_clear_line(
 def test_fmb_with_encoder_features_and_no_weights_stops_in_seconds_naming_both_ways_out(
     weights: str, tmp_path: Path
 ) -> None:
-    """hnm.cluster_features=encoder without the encoder's weights offline: the pre-flight check (before
-    torch is imported) ends the run in one error line naming hnm.cluster_features=mil and
+    """method.hnm.cluster_features=encoder without the encoder's weights offline: the pre-flight check (before
+    torch is imported) ends the run in one error line naming method.hnm.cluster_features=mil and
     encoder.weights=<local file>; nothing is written."""
     import time
 
@@ -341,7 +364,7 @@ def test_fmb_with_encoder_features_and_no_weights_stops_in_seconds_naming_both_w
         [
             "experiment=mil_hnm",
             "dataset=colon_synthetic",
-            "hnm.cluster_features=encoder",
+            "method.hnm.cluster_features=encoder",
             f"encoder.weights={weights}",
             f"paths.data_dir={tmp_path / 'data'}",
             f"paths.log_dir={tmp_path / 'logs'}",
@@ -353,7 +376,9 @@ def test_fmb_with_encoder_features_and_no_weights_stops_in_seconds_naming_both_w
     assert result.returncode == 2, result.stderr[-2000:]
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr[-2000:]
-    assert "hnm.cluster_features=mil" in lines[0] and "encoder.weights=<local file>" in lines[0]
+    assert (
+        "method.hnm.cluster_features=mil" in lines[0] and "encoder.weights=<local file>" in lines[0]
+    )
     assert elapsed < 10, f"took {elapsed:.1f} s"
     assert "torch" not in result.stdout and not (tmp_path / "logs").exists()
 
@@ -377,9 +402,9 @@ def test_weights_availability_is_decided_offline(tmp_path: Path, monkeypatch) ->
 
 
 def test_fmb_clustering_the_mil_embeddings_never_builds_the_encoder(make_cfg) -> None:
-    """hnm.cluster_features=mil with an unusable encoder.weights: the bag features use the dataset
+    """method.hnm.cluster_features=mil with an unusable encoder.weights: the bag features use the dataset
     protocol's weights, encoder_features is off, and the run finishes."""
-    cfg = make_cfg([*TINY_HNM, "encoder.weights=/nonexistent", "dataset.protocol.epochs=1"])
+    cfg = make_cfg([*TINY_HNM, "encoder.weights=/nonexistent", "method.protocol.epochs=1"])
     metrics = run_pipeline(cfg)
     assert "test/acc" in metrics
     statuses = _statuses(cfg)

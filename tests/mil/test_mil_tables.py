@@ -149,7 +149,7 @@ def test_the_mining_table_counts_folds_without_false_positive_bags(tmp_path: Pat
         ("out_of_fold", 2, 6, 50, 6, 0),
     ]
     for n, (mine_on, fold, fp, hard, made, capped) in enumerate(runs):
-        folder = job(sweep, n, "mil_hnm", fold, 1, 0.5, (f"hnm.mine_on={mine_on}",))
+        folder = job(sweep, n, "mil_hnm", fold, 1, 0.5, (f"method.hnm.mine_on={mine_on}",))
         config = yaml.safe_load((folder / ".hydra" / "config.yaml").read_text())
         config["hnm"] = {"mine_on": mine_on}
         (folder / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
@@ -162,7 +162,7 @@ def test_the_mining_table_counts_folds_without_false_positive_bags(tmp_path: Pat
     job(sweep, 9, "mil_aw", 1, 1, 0.6)  # no mining: no row in the mining table
     report = build_report([sweep], ["mil.table1"])
     rows = report["tables"][0]["rows"]
-    train = rows["mil_hnm (hnm.mine_on=train)"]["mining"]
+    train = rows["mil_hnm (method.hnm.mine_on=train)"]["mining"]
     assert train == {
         "folds": 2,
         "folds_without_false_positive_bag": 1,
@@ -172,7 +172,7 @@ def test_the_mining_table_counts_folds_without_false_positive_bags(tmp_path: Pat
         "folds_with_capped_bags": 1,
         "mine_on": "train",
     }
-    oof = rows["mil_hnm (hnm.mine_on=out_of_fold)"]["mining"]
+    oof = rows["mil_hnm (method.hnm.mine_on=out_of_fold)"]["mining"]
     assert oof["folds_without_false_positive_bag"] == 0 and oof["mean_hard_negatives"] == 40.0
     assert "mining" not in rows["mil_aw"]
     [(_, md)] = write_tables(sweep)

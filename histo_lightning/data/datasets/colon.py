@@ -352,7 +352,7 @@ class ColonDataModule(ImageBagDataModule):
     """Colon cancer bags for one fold (Li et al. §4.0.1: 10-fold CV over the 100 images, five repetitions).
 
     Args:
-        fold, split, repeat, augment, protocol, batch sizes, ...: see
+        fold, split, repeat, augment, batch sizes, ...: see
             :class:`~histo_lightning.data.bag_datamodule.BagDataModule`.
         root: the folder holding ``CRCHistoPhenotypes_2016_04_28/`` (or that folder); unused with
             ``synthetic`` (``dataset=colon_synthetic``: generated once under ``synthetic_dir``).

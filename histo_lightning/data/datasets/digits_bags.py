@@ -268,7 +268,7 @@ class DigitPoolBagsDataModule(BagDataModule):
     over five such repetitions.
 
     Args:
-        fold, split, repeat, protocol, batch sizes, ...: see
+        fold, split, repeat, batch sizes, ...: see
             :class:`~histo_lightning.data.bag_datamodule.BagDataModule` (``augment`` is off: digits
             are not rotation-invariant).
         target, mean_bag_size, std_bag_size, n_train_bags, n_test_bags, sampling, size_rounding, seed:

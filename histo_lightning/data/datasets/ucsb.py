@@ -415,7 +415,7 @@ class UcsbDataModule(ImageBagDataModule):
     """UCSB breast bags for one fold (Li et al. §4.0.1: 4-fold CV over the 58 images, five repetitions).
 
     Args:
-        fold, split, repeat, augment, protocol, batch sizes, ...: see
+        fold, split, repeat, augment, batch sizes, ...: see
             :class:`~histo_lightning.data.bag_datamodule.BagDataModule`.
         root: the folder holding ``Breast Cancer Cells/`` (or the folder of TIFFs); unused with
             ``synthetic`` (``dataset=ucsb_synthetic``, whose tumour masks give instance labels).

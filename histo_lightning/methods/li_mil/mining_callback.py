@@ -17,7 +17,7 @@ writes into the stage folder:
   positive bags (highest attention first; without instance labels, the highest-attention instances of
   positive bags), also sent to W&B/TensorBoard.
 
-**What is mined** (``mine_on``, ``hnm.mine_on``): ``train`` (the paper, §3.0.2: the stage-1 model's
+**What is mined** (``mine_on``, ``method.hnm.mine_on``): ``train`` (the paper, §3.0.2: the stage-1 model's
 predictions on the very bags it trained on) or ``out_of_fold``: each training bag scored by a model that
 did not train on it, the pooled predictions of the inner folds' scoring stages
 ``<inner_stage>_1 … <inner_stage>_<inner_folds>`` (``pipelines/mil.inner_fold``; the stage's own cache
@@ -111,7 +111,7 @@ class HardNegativeMining(pl.Callback):
     ) -> None:
         super().__init__()
         if mine_on not in MINE_ON:
-            raise ConfigError(f"hnm.mine_on={mine_on!r} is not one of {MINE_ON}")
+            raise ConfigError(f"method.hnm.mine_on={mine_on!r} is not one of {MINE_ON}")
         self.k = float(k)
         self.threshold = float(threshold)
         self.gallery_size = int(gallery_size)
@@ -133,7 +133,7 @@ class HardNegativeMining(pl.Callback):
         pooled = pooled_bag_outputs(caches)
         if sorted(pooled[0]["bag"].tolist()) != sorted(own[0]["bag"].tolist()):
             raise ConfigError(
-                f"hnm.mine_on=out_of_fold: the stages {stages} scored {len(pooled[0])} bags, not the "
+                f"method.hnm.mine_on=out_of_fold: the stages {stages} scored {len(pooled[0])} bags, not the "
                 f"{len(own[0])} training bags of stage {ctx.name} once each"
             )
         return pooled

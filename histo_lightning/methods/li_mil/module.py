@@ -120,7 +120,7 @@ class MILModule(SupervisedModule):
         }
 
     def instance_embeddings(self, images: Tensor) -> Tensor:
-        """Per-instance vectors of the trained MIL network (``hnm.cluster_features=mil``): the
+        """Per-instance vectors of the trained MIL network (``method.hnm.cluster_features=mil``): the
         instance encoder, then the attention network without its last layer
         (:meth:`~histo_lightning.nets.mil.WeightedPooling.instance_embeddings`)."""
         net = self.net
@@ -156,8 +156,8 @@ class EncoderFeatures(pl.LightningModule):
 
     ``encoder`` is a module, or (with ``_recursive_: false`` in the config) an encoder config built here,
     with ``weights`` in place of its own when given: the MIL pipelines' bag features use the dataset
-    protocol's weights (``dataset.protocol.frozen_encoder_weights``) whatever ``encoder.weights`` (FMB's
-    pre-trained CNN) says, so a run that clusters with ``hnm.cluster_features=mil`` never loads those.
+    protocol's weights (``method.protocol.frozen_encoder_weights``) whatever ``encoder.weights`` (FMB's
+    pre-trained CNN) says, so a run that clusters with ``method.hnm.cluster_features=mil`` never loads those.
     """
 
     def __init__(
@@ -176,6 +176,10 @@ class EncoderFeatures(pl.LightningModule):
         return {"encoder": own, "input_size": self.input_size}
 
     def forward(self, images: Tensor) -> Tensor:
+        if (
+            images.ndim == 4 and images.shape[1] == 1
+        ):  # one-channel instances (digits) into an RGB CNN
+            images = images.expand(-1, 3, -1, -1)
         if self.input_size and images.shape[-1] != self.input_size:
             images = nn.functional.interpolate(
                 images,

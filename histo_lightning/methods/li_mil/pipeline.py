@@ -4,15 +4,15 @@ Li et al.'s method as stages of the runner (:mod:`histo_lightning.pipelines.runn
 
     features  (predict)   feature bags: every instance through the frozen ``encoder`` architecture with the
                           protocol's weights into the SHARED feature cache (once per dataset and encoder)
-    encoder_features      FMB with ``hnm.cluster_features=encoder``: the ``encoder`` as configured
+    encoder_features      FMB with ``method.hnm.cluster_features=encoder``: the ``encoder`` as configured
     train     (fit)       the attention MIL model (stage 1)
-    inner_fit_i,          ``hnm.mine_on=out_of_fold``: inner folds of the training bags (:func:`inner_fold`;
+    inner_fit_i,          ``method.hnm.mine_on=out_of_fold``: inner folds of the training bags (:func:`inner_fold`;
     inner_score_i         declared once with ``foreach``, :mod:`histo_lightning.pipelines.expand`)
     mine      (predict)   the training bags: probabilities and attention into the stage's cache; the
                           :class:`~histo_lightning.methods.li_mil.mining_callback.HardNegativeMining` consumer applies
                           Eq. 3 to the negative bags predicted positive (§3.0.2), on these predictions or
                           the pooled out-of-fold ones
-    embed     (predict)   FMB with ``hnm.cluster_features=mil``: the stage-1 network's instance embeddings
+    embed     (predict)   FMB with ``method.hnm.cluster_features=mil``: the stage-1 network's instance embeddings
     generate  (function)  :func:`generate_bags`: SB, MB or FMB (§3.0.3)
     retrain   (fit)       the training bags plus the generated negative bags (:func:`add_generated_bags`)
     test      (test)      the held-out fold, with the heatmap report
@@ -49,7 +49,7 @@ from histo_lightning.utils.logging import get_logger
 log = get_logger(__name__)
 
 METHODS = ("SB", "MB", "FMB")
-#: what FMB's K-means clusters (``hnm.cluster_features``)
+#: what FMB's K-means clusters (``method.hnm.cluster_features``)
 CLUSTER_FEATURES = ("encoder", "mil")
 #: which stage's cache holds those vectors
 CLUSTER_FEATURE_STAGES = {"encoder": "encoder_features", "mil": "embed"}
@@ -80,7 +80,7 @@ def _is_inner_folds(value: Any) -> bool:
     folds=Accepts("a number of inner folds of at least 2", _is_inner_folds),
 )
 def inner_fold(ctx: Any, fold: int, folds: int = 3, part: str = "fit", seed: int = 0) -> None:
-    """Data hook of ``hnm.mine_on=out_of_fold``: this stage's training bags are the fold's training
+    """Data hook of ``method.hnm.mine_on=out_of_fold``: this stage's training bags are the fold's training
     bags without inner fold ``fold`` (``part=fit``) or that inner fold alone (``part=held_out``).
 
     The fold's training bags are dealt into ``folds`` inner folds stratified by bag label
@@ -96,10 +96,10 @@ def inner_fold(ctx: Any, fold: int, folds: int = 3, part: str = "fit", seed: int
     labels = np.asarray(view.bags.labels)[train]
     folds, fold = int(folds), int(fold)
     if not 1 <= fold <= folds:
-        raise ConfigError(f"inner fold {fold} is not in 1…{folds} (hnm.inner_folds={folds})")
+        raise ConfigError(f"inner fold {fold} is not in 1…{folds} (method.hnm.inner_folds={folds})")
     if np.bincount(labels, minlength=2).min() < folds:
         raise ConfigError(
-            f"hnm.inner_folds={folds}: the fold's {len(train)} training bags hold only "
+            f"method.hnm.inner_folds={folds}: the fold's {len(train)} training bags hold only "
             f"{np.bincount(labels, minlength=2).min()} of one class; use fewer inner folds"
         )
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=int(seed) % 2**32)
@@ -117,10 +117,10 @@ def resolve_n_bags(n_bags: int | str, false_positive_bags: int) -> int:
         value = int(n_bags)
     except (TypeError, ValueError):
         raise ConfigError(
-            f"hnm.n_bags={n_bags!r}: expected a number of bags or 'false_positives'"
+            f"method.hnm.n_bags={n_bags!r}: expected a number of bags or 'false_positives'"
         ) from None
     if value < 1:
-        raise ConfigError(f"hnm.n_bags={value} must be at least 1")
+        raise ConfigError(f"method.hnm.n_bags={value} must be at least 1")
     return value
 
 
@@ -160,7 +160,7 @@ def generate_bags(
             :mod:`histo_lightning.methods.li_mil.bag_generation`).
         seed: seeds bag sizes, draws and K-means.
         mining_stage: the predict stage whose consumer wrote ``hard_negatives.csv``.
-        cluster_features: what FMB's K-means clusters (``hnm.cluster_features``). The paper: the hard
+        cluster_features: what FMB's K-means clusters (``method.hnm.cluster_features``). The paper: the hard
             negatives "go through a pre-trained CNN model without the last layer" (§3.0.3): ``encoder``,
             the frozen ``encoder`` group's features (stage ``encoder_features``; needs its weights, e.g.
             ImageNet ones, which cannot be downloaded offline). ``mil``: the stage-1 MIL network, which
@@ -176,12 +176,12 @@ def generate_bags(
     """
     method = str(method).upper()
     if method not in METHODS:
-        raise ConfigError(f"hnm.method={method!r} is not one of {METHODS}")
+        raise ConfigError(f"method.hnm.method={method!r} is not one of {METHODS}")
     if allocation not in ALLOCATIONS:
-        raise ConfigError(f"hnm.allocation={allocation!r} is not one of {ALLOCATIONS}")
+        raise ConfigError(f"method.hnm.allocation={allocation!r} is not one of {ALLOCATIONS}")
     if cluster_features not in CLUSTER_FEATURES:
         raise ConfigError(
-            f"hnm.cluster_features={cluster_features!r} is not one of {CLUSTER_FEATURES}"
+            f"method.hnm.cluster_features={cluster_features!r} is not one of {CLUSTER_FEATURES}"
         )
     mining = ctx.result(mining_stage)
     hard = pd.read_csv(mining.path("hard_negatives"))

@@ -24,7 +24,7 @@ Hard-negative mining (the rows of ``mil_hnm*``): a third table counts, per row, 
 mining found no false-positive bag — those folds generate no bag, so SB, MB and FMB equal "Our Model"
 there — and the mean number of false-positive bags, hard negatives and generated bags per fold, the
 folds where a generated bag was capped at the pool of hard negatives, and what was mined
-(``hnm.mine_on``); from each job's ``run_info.json`` (the ``mine`` and ``generate`` stages).
+(``method.hnm.mine_on``); from each job's ``run_info.json`` (the ``mine`` and ``generate`` stages).
 
 Sweeps of several MIL experiments at once (``-m experiment=mil_ilse,mil_aw,...``) get ``mil_tables.md``
 and ``.json`` after every job from :class:`MILTableCallback` (``conf/hydra/default.yaml``; a no-op for
@@ -173,7 +173,7 @@ def mining_counts(jobs: list[Job]) -> dict[str, Any] | None:
                 int(mined.get("mining/hard_negatives", 0)),
                 int(made.get("generate/bags", 0)),
                 int(made.get("generate/capped_bags", 0)),
-                str(((job.config.get("hnm") or {}).get("mine_on")) or "train"),
+                str((_hnm_settings(job.config).get("mine_on")) or "train"),
             )
         )
     if not found:
@@ -311,6 +311,12 @@ def write_tables(sweep_dir: str | Path) -> list[tuple[Path, Path]]:
     if not tables:
         return []
     return write_report(folders, [f"mil.{t}" for t in tables], out_dir=mil_jobs[0].dir.parent)
+
+
+def _hnm_settings(config: Any) -> dict:
+    """A job's mining settings: ``method.hnm`` (before the move to the ``method:`` node: ``hnm``)."""
+    method = config.get("method") or {}
+    return dict((method.get("hnm") if hasattr(method, "get") else None) or config.get("hnm") or {})
 
 
 class MILTableCallback(TableReportCallback):
