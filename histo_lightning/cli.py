@@ -33,6 +33,7 @@ import difflib
 import os
 import sys
 import tempfile
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -291,6 +292,26 @@ def experiment_line(path: Path, width: int = 96) -> str:
     return first + (" …" if more else "")
 
 
+#: the order ``--help`` lists the config groups in (others follow alphabetically)
+_GROUP_ORDER = (
+    "dataset",
+    "model",
+    "method",
+    "protocol",
+    "loss",
+    "embedding_loss",
+    "encoder",
+    "pipeline",
+)
+
+
+def config_groups(conf: Path = CONF) -> list[str]:
+    """The config groups a user chooses options of (``conf/<group>/``; not experiment or hydra)."""
+    names = {p.name for p in conf.iterdir() if p.is_dir()} - {"experiment", "hydra"}
+    first = [g for g in _GROUP_ORDER if g in names]
+    return first + sorted(names - set(first))
+
+
 def usage(conf_dirs: Sequence[Path] = (CONF,)) -> str:
     """What ``python run.py --help`` prints (see the module docstring); ``conf_dirs``: the config folders
     searched for ``experiment/<name>.yaml`` (a test adds its own)."""
@@ -338,10 +359,14 @@ def usage(conf_dirs: Sequence[Path] = (CONF,)) -> str:
         ]
     lines += [
         "",
-        "Config groups (conf/<group>/): dataset, model, loss, embedding_loss, encoder, pipeline, split, "
-        "trainer,",
-        "  callbacks, logger, debug (debug=smoke: any experiment end to end in minutes), "
-        "hparams_search, local.",
+        *textwrap.wrap(
+            "Config groups (conf/<group>/): "
+            + ", ".join(config_groups(conf_dirs[0]))
+            + " (debug=smoke: any experiment end to end in minutes; protocol: a method's settings per "
+            "dataset, chosen by the dataset's name).",
+            width=104,
+            subsequent_indent="  ",
+        ),
         f"Documentation: {README} (docs/architecture.md: where each method lives).",
         "Hydra's own help: python run.py --hydra-help",
     ]

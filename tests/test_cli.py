@@ -219,6 +219,10 @@ def test_help_prints_usage_experiments_by_paper_and_the_readme() -> None:
     assert (
         "chsnet_demo  " in out and "Hydra" in out and "_target_" not in out
     )  # not Hydra's config dump
+    groups = " ".join(out.split("Config groups (conf/<group>/):", 1)[1].split())
+    for group in (p.name for p in (ROOT / "conf").iterdir() if p.is_dir()):
+        if group not in ("experiment", "hydra"):
+            assert f" {group}," in f" {groups}" or f" {group} (" in f" {groups}", group
 
 
 def test_moved_keys_fail_in_one_line_naming_the_new_key(tmp_path: Path) -> None:
