@@ -73,11 +73,10 @@ def test_a_failing_optuna_trial_is_a_failed_trial_not_a_failed_study(
             f"paths.data_dir={data_dir}",
             f"paths.log_dir={logs}",
             "hydra.sweeper.n_trials=2",
-            "hydra.sweeper.sampler._target_=optuna.samplers.GridSampler",
-            "~hydra.sweeper.sampler.n_startup_trials",
-            "+hydra.sweeper.sampler.search_space={fold: [1, 9]}",
-            "~hydra.sweeper.params",
-            "+hydra.sweeper.params={fold: 'choice(1, 9)'}",
+            # the grid sampler visits fold 1 and the out-of-range fold 9 once each
+            "hydra/sweeper/sampler=grid",
+            "hydra.sweeper.params={fold: 'choice(1, 9)', model.optimizer.lr: 'choice(0.001)',"
+            " dataset.batch_size: 'choice(32)'}",
         ]
     )
     assert result.returncode == 1, result.stderr[-3000:]
