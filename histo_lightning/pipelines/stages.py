@@ -222,7 +222,9 @@ class FitStage(Stage):
         checkpoint = checkpoints[0]
         seeding = [EpochSeeding(ctx.seed)] if ctx.seed is not None else []
         callbacks = [*seeding, *checkpoints, *ctx.generic_callbacks("fit"), *ctx.stage_callbacks()]
-        trainer = ctx.trainer(callbacks, module, max_epochs=self.max_epochs())
+        # no validation set: no validation loop either (Lightning would warn about an empty loader list)
+        no_validation = {} if has_val else {"limit_val_batches": 0, "num_sanity_val_steps": 0}
+        trainer = ctx.trainer(callbacks, module, max_epochs=self.max_epochs(), **no_validation)
         resumed_from = self.resume_from()
         log.info(f"Stage {ctx.name}: fitting for up to {trainer.max_epochs} epoch(s)")
         trainer.fit(module, datamodule=datamodule, ckpt_path=resumed_from, weights_only=True)
